@@ -1,0 +1,47 @@
+"""`spo-agents envs`: list registered environments, or show a sample episode of one."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("envs", help="list registered environments; `envs show ID` plays a sample episode")
+    parser.add_argument("--all", action="store_true", help="include every Gymnasium namespace, not only spo/")
+    parser.set_defaults(func=list_envs)
+    sub = parser.add_subparsers(dest="envs_command")
+    show = sub.add_parser("show", help="print a sample episode played by the environment's scripted oracle policy")
+    show.add_argument("env_id", help="e.g. spo/Calculator-v0")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--task-id", default=None, help="play this task instead of a sampled one")
+    show.set_defaults(func=show_env)
+
+
+def list_envs(args: argparse.Namespace) -> int:
+    from spo_agents.env import describe_env, registered_ids
+
+    table = Table(title="Registered environments")
+    for column in ("id", "description", "tools", "tasks (train / heldout)"):
+        table.add_column(column, overflow="fold")
+    for env_id in registered_ids(None if args.all else "spo"):
+        try:
+            info = describe_env(env_id)
+        except Exception as exc:  # one broken environment must not hide the others
+            table.add_row(env_id, f"[red]failed to make: {exc}[/red]", "", "")
+            continue
+        splits = info.get("splits", {})
+        counts = " / ".join(str(splits.get(name, 0)) for name in ("train", "heldout"))
+        table.add_row(env_id, info["description"], ", ".join(info.get("tools", [])) or "-", counts)
+    Console().print(table)
+    return 0
+
+
+def show_env(args: argparse.Namespace) -> int:
+    from spo_agents.cli.demo_cmd import play_oracle_episode, print_transcript
+
+    transcript, reward = play_oracle_episode(args.env_id, seed=args.seed, task_id=args.task_id)
+    print_transcript(args.env_id, transcript, reward)
+    return 0
