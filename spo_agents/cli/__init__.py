@@ -14,6 +14,7 @@ import sys
 
 # Modules with `register(subparsers)`, in the order they appear in --help.
 COMMAND_MODULES = [
+    "spo_agents.cli.train_cmd",
     "spo_agents.cli.envs_cmd",
     "spo_agents.cli.demo_cmd",
     "spo_agents.cli.sandbox_cmd",

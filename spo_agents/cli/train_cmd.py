@@ -1,0 +1,86 @@
+"""`spo-agents train`, `spo-agents eval` and `spo-agents estimate-values`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set rollout.num_slots=16 (repeatable)")
+    parser.add_argument("--algo", choices=["spo", "grpo"], default=None, help="switch the algorithm")
+    parser.add_argument("--output-dir", default=None, help="run folder")
+
+
+def _load(args: argparse.Namespace):
+    from spo_agents.trainer.config import load_config
+
+    overrides = list(args.set)
+    if args.algo:
+        overrides.append(f"algo={args.algo}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    return load_config(args.config, overrides)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train a policy with SPO (default) or GRPO")
+    _config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser("eval", help="pass@k, maj@k, avg@k on held-out tasks")
+    ev.add_argument("--env", default="spo/Calculator-v0")
+    ev.add_argument("--model", default="tiny", help="model spec or a run's checkpoint folder (model.safetensors)")
+    ev.add_argument("--base-model", default=None, help="model spec of a checkpoint's base (default: from its run)")
+    ev.add_argument("--tasks", type=int, default=64, help="held-out tasks evaluated")
+    ev.add_argument("-k", type=int, default=8, help="samples per task (k up to 32)")
+    ev.add_argument("--temperature", type=float, default=0.6)
+    ev.add_argument("--top-p", type=float, default=0.95)
+    ev.add_argument("--slots", type=int, default=16)
+    ev.add_argument("--split", default="heldout")
+    ev.add_argument("--json-out", default=None, help="also write the JSON result here")
+    ev.set_defaults(func=run_eval)
+
+    est = subparsers.add_parser("estimate-values", help="offline SPO value estimates (n0 episodes per task)")
+    _config_args(est)
+    est.add_argument("--n0", type=int, default=8, help="episodes per task")
+    est.add_argument("--out", required=True, help="JSONL table (appended; resumable)")
+    est.add_argument("--max-tasks", type=int, default=None, help="only the first N training tasks")
+    est.set_defaults(func=run_estimate_values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.print_config:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    from spo_agents.trainer.loop import Trainer
+    from spo_agents.trainer.plots import plot_run
+
+    summary = asyncio.run(Trainer(config, resume=args.resume, show_progress=not args.no_progress).run())
+    plot_run(config.output_dir)
+    print(json.dumps(summary))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from spo_agents.trainer.eval_cmd import evaluate_command
+
+    result = evaluate_command(args)
+    print(json.dumps(result))
+    return 0
+
+
+def run_estimate_values(args: argparse.Namespace) -> int:
+    from spo_agents.trainer.estimate import estimate_values
+
+    config = _load(args)
+    written = asyncio.run(estimate_values(config, args.out, args.n0, args.max_tasks))
+    print(json.dumps({"tasks_estimated": written, "out": args.out}))
+    return 0

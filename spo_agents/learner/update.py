@@ -1,0 +1,179 @@
+"""The learner's update: teacher-forced log-probs and PPO-clip steps on a causal LM.
+
+`PolicyUpdater` owns the training copy of the model and its AdamW optimiser. It works on
+`TrainingSample`s (token ids, loss mask, behaviour log-probs) and one advantage per episode; it
+never sees an environment or a generation backend (the trainer pushes the updated weights to
+the backend). Micro-batches are formed by a token budget; the loss of each micro-batch is
+divided by the token count of the whole batch (`token_normalizer`), so gradient accumulation
+gives exactly the token-mean over the batch. Episodes can also be accumulated one at a time as
+they arrive (`accumulate`), with the optimiser step applied later (`apply`): the streaming
+trainer's "gradient on arrival" mode, where the normaliser is known only at step time; we
+accumulate token *sums* and rescale the gradients once before stepping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pydantic
+import torch
+
+from spo_agents.learner.config import LossConfig
+from spo_agents.learner.loss import policy_loss
+from spo_agents.rollout.episode import TrainingSample
+
+
+class OptimConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    lr: float = pydantic.Field(1e-6, gt=0, description="AdamW learning rate (1e-6 for an 8B model in the paper)")
+    weight_decay: float = pydantic.Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = pydantic.Field((0.9, 0.999), description="AdamW betas")
+    grad_clip: float = pydantic.Field(1.0, gt=0, description="max global gradient norm")
+    microbatch_tokens: int = pydantic.Field(4096, ge=16, description="token budget of one micro-batch (padded)")
+    temperature: float = pydantic.Field(1.0, gt=0, description="T of log_softmax(logits / T); equal to the "
+                                        "sampling temperature so ratios compare like with like")
+
+
+@dataclass
+class _Microbatch:
+    token_ids_B_T: torch.Tensor
+    loss_mask_B_T: torch.Tensor
+    behaviour_logprobs_B_T: torch.Tensor
+    attention_mask_B_T: torch.Tensor
+    indices: list[int]
+
+
+def microbatches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Group indices (sorted by length) so that rows x max length stays within the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = max([lengths[i] for i in current] + [lengths[index]])
+        if current and longest * (len(current) + 1) > token_budget:
+            groups.append(current)
+            current = []
+        current.append(index)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _pad(rows: list[list], value, dtype) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)
+
+
+def token_logprobs(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) under `model`, aligned to positions (position 0 gets 0)."""
+    logits_B_T_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T).logits.float()
+    logits_B_T_V = logits_B_T_V[:, :-1] / temperature
+    targets_B_T = token_ids_B_T[:, 1:]
+    picked_B_T = logits_B_T_V.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
+    logprobs_B_T = picked_B_T - torch.logsumexp(logits_B_T_V, dim=-1)
+    return torch.nn.functional.pad(logprobs_B_T, (1, 0))
+
+
+class PolicyUpdater:
+    """PPO-clip updates of a causal LM from episodes and per-episode advantages."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig | None = None, loss: LossConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        self.model, self.optim_config, self.loss_config = model, optim or OptimConfig(), loss or LossConfig()
+        self.device = torch.device(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        c = self.optim_config
+        self.optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, betas=c.betas)
+        self.version = 0
+        self._accumulated_tokens = 0
+        self._accumulated_metrics: list[dict[str, float]] = []
+
+    def _build(self, samples: Sequence[TrainingSample], indices: list[int]) -> _Microbatch:
+        rows = [samples[i] for i in indices]
+        return _Microbatch(
+            token_ids_B_T=_pad([list(s.token_ids) for s in rows], 0, torch.long).to(self.device),
+            loss_mask_B_T=_pad([list(s.loss_mask) for s in rows], 0, torch.float32).to(self.device),
+            behaviour_logprobs_B_T=_pad([list(s.behaviour_logprobs) for s in rows], 0.0, torch.float32).to(self.device),
+            attention_mask_B_T=_pad([[1] * len(s) for s in rows], 0, torch.long).to(self.device),
+            indices=indices,
+        )
+
+    @torch.no_grad()
+    def logprobs(self, token_ids_list: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]] | None = None
+                 ) -> list[np.ndarray]:
+        """Per-token log-probs of each sequence under the current weights (the drift cache's
+        `logprob_fn`)."""
+        samples = [TrainingSample(list(ids), [1] * len(ids), [0.0] * len(ids)) for ids in token_ids_list]
+        out: list[np.ndarray] = [np.zeros(0)] * len(samples)
+        for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
+            batch = self._build(samples, indices)
+            logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
+                                          self.optim_config.temperature)
+            for row, index in enumerate(indices):
+                out[index] = logprobs_B_T[row, : len(samples[index])].double().cpu().numpy()
+        return out
+
+    def accumulate(self, samples: Sequence[TrainingSample], advantages: Sequence[float],
+                   weights: Sequence[float] | None = None) -> dict[str, float]:
+        """Forward/backward these episodes; gradients hold token *sums* until `apply`."""
+        self.model.train()
+        weights = [1.0] * len(samples) if weights is None else list(weights)
+        for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
+            batch = self._build(samples, indices)
+            logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
+                                          self.optim_config.temperature)
+            advantages_B = torch.tensor([advantages[i] for i in indices], dtype=torch.float32, device=self.device)
+            weight_B_T = torch.tensor([weights[i] for i in indices], device=self.device)[:, None]
+            mask_B_T = batch.loss_mask_B_T * weight_B_T
+            num_tokens = float(batch.loss_mask_B_T.sum())
+            lc = self.loss_config
+            loss, metrics = policy_loss(logprobs_B_T, batch.behaviour_logprobs_B_T, advantages_B, mask_B_T,
+                                        clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
+                                        token_normalizer=1.0)
+            loss.backward()  # a token sum; rescaled by the batch's token count in apply()
+            self._accumulated_tokens += num_tokens
+            metrics["tokens"], metrics["loss_sum"] = num_tokens, metrics.pop("loss/total")
+            self._accumulated_metrics.append(metrics)
+        return self._accumulated_metrics[-1] if self._accumulated_metrics else {}
+
+    def apply(self) -> dict[str, float]:
+        """Rescale accumulated gradients to a token-mean, clip, step; bump the version."""
+        tokens = max(self._accumulated_tokens, 1.0)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.div_(tokens)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = _token_weighted([{k: v for k, v in m.items() if k != "loss_sum"} for m in self._accumulated_metrics])
+        metrics["loss/total"] = sum(m["loss_sum"] for m in self._accumulated_metrics) / tokens
+        metrics.update(grad_norm=float(grad_norm), train_tokens=self._accumulated_tokens)
+        self._accumulated_tokens, self._accumulated_metrics = 0, []
+        self.version += 1
+        return metrics
+
+    def step(self, samples: Sequence[TrainingSample], advantages: Sequence[float],
+             weights: Sequence[float] | None = None) -> dict[str, float]:
+        """One optimiser step on a whole batch (the 'collect B, then step' path)."""
+        self.accumulate(samples, advantages, weights)
+        return self.apply()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "version": self.version}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
+
+
+def _token_weighted(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Average micro-batch metrics weighted by their token counts."""
+    total = sum(m.get("tokens", 0.0) for m in metrics)
+    if not metrics or total == 0:
+        return {}
+    keys = {k for m in metrics for k in m if k != "tokens"}
+    return {k: sum(m.get(k, 0.0) * m["tokens"] for m in metrics) / total for k in sorted(keys)}

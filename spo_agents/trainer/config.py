@@ -1,0 +1,114 @@
+"""Training configuration: typed pydantic models, loaded from YAML with command-line overrides.
+
+Field descriptions are the documentation (`spo-agents train --help-config` prints them).
+Overrides use dotted paths: `--set rollout.num_slots=16 --set optim.lr=1e-5`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from spo_agents.learner.config import AdvantageConfig, LossConfig, SamplerConfig, TrackerConfig
+from spo_agents.learner.update import OptimConfig
+from spo_agents.rollout.config import RolloutConfig
+
+
+class Algo(str, Enum):
+    SPO = "spo"
+    GRPO = "grpo"
+
+
+class SPOUpdate(str, Enum):
+    COLLECT = "collect"  # collect B finished episodes, then one batched step
+    ACCUMULATE = "accumulate"  # gradient of each episode on arrival; optimiser step after B
+
+
+class GRPOMode(str, Enum):
+    GROUP = "group"  # group-gated streaming: step as soon as B/G whole groups are done
+    BATCH = "batch"  # synchronous: generate the batch, wait, step, repeat
+
+
+class StalenessPolicy(str, Enum):
+    DROP = "drop"
+    DOWNWEIGHT = "downweight"
+
+
+class EvalConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    every_steps: int = pydantic.Field(0, ge=0, description="evaluate on held-out tasks every N steps (0 = only "
+                                      "before and after training)")
+    num_tasks: int = pydantic.Field(64, ge=1, description="held-out tasks per evaluation (fixed, seeded)")
+    temperature: float = pydantic.Field(0.0, ge=0, description="sampling temperature at evaluation (0 = greedy)")
+    split: str = pydantic.Field("heldout", description="the env split evaluated")
+    enabled: bool = pydantic.Field(True, description="run evaluations at all")
+
+
+class TrainConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    algo: Algo = pydantic.Field(Algo.SPO, description="spo | grpo")
+    model: str = pydantic.Field("tiny", description="model spec: tiny | smollm2-135m | path | hub id | .gguf file")
+    device: str = pydantic.Field("cpu", description="cpu | cuda")
+    env_id: str = pydantic.Field("spo/Calculator-v0", description="registered environment id")
+    env_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict, description="keyword arguments of the env")
+    steps: int = pydantic.Field(20, ge=1, description="learner steps")
+    batch_size: int = pydantic.Field(16, ge=1, description="episodes per learner step (B)")
+    group_size: int = pydantic.Field(4, ge=1, description="GRPO group size (G); B must be a multiple")
+    grpo_mode: GRPOMode = pydantic.Field(GRPOMode.BATCH, description="GRPO: batch (synchronous) | group (gated)")
+    spo_update: SPOUpdate = pydantic.Field(SPOUpdate.COLLECT, description="SPO: collect (B then step) | "
+                                           "accumulate (gradient on arrival, running advantage statistics)")
+    max_staleness: int = pydantic.Field(4, ge=0, description="episodes more policy versions behind are dropped "
+                                        "or down-weighted")
+    staleness_policy: StalenessPolicy = pydantic.Field(StalenessPolicy.DROP, description="drop | downweight")
+    staleness_decay: float = pydantic.Field(0.5, gt=0, le=1, description="downweight: weight = decay ** (versions "
+                                            "over the bound)")
+    value_table: str | None = pydantic.Field(None, description="offline value estimates (JSONL from "
+                                             "`spo-agents estimate-values`) to initialise the tracker")
+    rollout: RolloutConfig = pydantic.Field(default_factory=RolloutConfig)
+    tracker: TrackerConfig = pydantic.Field(default_factory=TrackerConfig)
+    sampler: SamplerConfig = pydantic.Field(default_factory=SamplerConfig)
+    advantage: AdvantageConfig = pydantic.Field(default_factory=AdvantageConfig)
+    loss: LossConfig = pydantic.Field(default_factory=LossConfig)
+    optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
+    eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+    output_dir: str = pydantic.Field("runs/latest", description="run folder")
+    checkpoint_every: int = pydantic.Field(10, ge=1, description="checkpoint every N steps (and at the end)")
+    transcripts: int = pydantic.Field(4, ge=0, description="sample episodes written as readable transcripts per "
+                                      "evaluation")
+    seed: int = pydantic.Field(0, description="global seed")
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.algo is Algo.GRPO and self.batch_size % self.group_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size})")
+        return self
+
+
+def _set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return TrainConfig.model_validate(data)
+
+
+def dump_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,55 @@
+"""`spo-agents eval`: a checkpoint or a base model on held-out tasks of any environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from spo_agents.trainer.evaluate import evaluate
+from spo_agents.trainer.parts import build_policy, task_ids
+
+
+def _policy_for(spec: str, base_model: str | None):
+    """A model spec, or a checkpoint folder holding model.safetensors (base model from its run)."""
+    path = Path(spec)
+    if (path / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        run_config = path.parent.parent / "config.yaml"
+        base = base_model or yaml.safe_load(run_config.read_text())["model"]
+        policy = build_policy(base)
+        weights = load_file(str(path / "model.safetensors"))
+        policy.train_model.load_state_dict(weights, strict=False)
+        policy.backend.update_weights(weights, version=1)
+        return policy
+    return build_policy(spec)
+
+
+def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
+    if not 1 <= args.k <= 32:
+        raise SystemExit("k must be between 1 and 32")
+    policy = _policy_for(args.model, args.base_model)
+    ids = sorted(task_ids(args.env, {}, args.split))[: args.tasks]
+    try:
+        result = asyncio.run(evaluate(policy.backend, policy.formatter, args.env, {"split": args.split}, ids,
+                                      samples_per_task=args.k, temperature=args.temperature, top_p=args.top_p,
+                                      num_slots=args.slots, ks=[k for k in (1, 2, 4, 8, 16, 32) if k <= args.k]))
+    finally:
+        policy.backend.close()
+    table = Table(title=f"eval {args.env} ({len(ids)} tasks x {args.k} samples, T={args.temperature})")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    Console(stderr=True).print(table)
+    payload = {"env": args.env, "model": args.model, "tasks": len(ids), "k": args.k, **result.metrics}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(payload, indent=2))
+    return payload

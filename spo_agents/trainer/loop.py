@@ -1,0 +1,214 @@
+"""The streaming trainer: episodes stream in while generation goes on; the learner steps as
+soon as a batch is ready and pushes the new weights to the backend without stopping it.
+
+Per algorithm (see docs/algorithms.md and docs/training.md):
+- SPO (stream mode): any B finished episodes form a batch. `spo_update=collect` steps on the
+  batch; `spo_update=accumulate` computes each episode's gradient on arrival (running
+  advantage statistics) and applies the optimiser step once B have contributed.
+- GRPO (group mode): B/G complete groups form a batch (group-gated streaming).
+- GRPO (batch mode): generate B/G tasks x G episodes, wait for all, step, repeat.
+Learner work runs in a worker thread (`asyncio.to_thread`), so the event loop, and with it
+the rollout slots, keep going while the learner computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spo_agents.learner import DriftCache, TaskSampler, ValueTracker, read_value_table
+from spo_agents.learner.update import PolicyUpdater
+from spo_agents.rollout.config import RolloutMode
+from spo_agents.rollout.engine import RolloutEngine
+from spo_agents.rollout.episode import Episode, append_episode_log
+from spo_agents.trainer.algorithms import Batch, GRPOAlgorithm, SPOAlgorithm, staleness_weight
+from spo_agents.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from spo_agents.trainer.config import Algo, GRPOMode, SPOUpdate, TrainConfig, dump_config
+from spo_agents.trainer.evaluate import evaluate
+from spo_agents.trainer.metrics import MetricsLogger
+from spo_agents.trainer.parts import build_policy, seed_everything, state_dict_for_backend, task_ids
+from spo_agents.trainer.tasks import PrioritisedTasks, UniformTasks
+from spo_agents.trainer.transcripts import write_transcripts
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True):
+        self.config, self.resume = config, resume
+        self.run_dir = Path(config.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, self.run_dir / "config.yaml")
+        seed_everything(config.seed)
+        self.policy = build_policy(config.model, config.device, config.seed)
+        self.updater = PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
+        self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
+        self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)
+        if config.value_table:
+            self.tracker.init_from_table(read_value_table(config.value_table), config.tracker.rho_min,
+                                         config.tracker.init_smoothed)
+        self.drift_cache = DriftCache.from_config(config.tracker)
+        self.sampler = TaskSampler.from_config(self.train_ids, self.tracker, config.sampler)
+        self.uniform = UniformTasks(self.train_ids, config.seed)
+        self.spo = SPOAlgorithm(self.tracker, self.drift_cache, config)
+        self.grpo = GRPOAlgorithm(config)
+        self.step = 0
+        self.counters = {"episodes": 0, "dropped_stale": 0, "learner_wait_s": 0.0}
+        self.logger = MetricsLogger(self.run_dir, config.steps, show_progress)
+        self.episode_log = self.run_dir / "episodes.jsonl"
+
+    # ----- state ----------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        json_state = {"step": self.step, "counters": self.counters, "tracker": self.tracker.state_dict(),
+                      "drift_cache": self.drift_cache.state_dict()}
+        torch_state = {"updater": self.updater.state_dict(), "sampler": self.sampler.state_dict(),
+                       "uniform": self.uniform.state_dict()}
+        return json_state, torch_state
+
+    def _restore(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            return
+        json_state, torch_state = load_checkpoint(path, self.policy.train_model)
+        self.step, self.counters = json_state["step"], json_state["counters"]
+        self.tracker.load_state_dict(json_state["tracker"])
+        self.drift_cache.load_state_dict(json_state["drift_cache"])
+        self.updater.load_state_dict(torch_state["updater"])
+        self.sampler.load_state_dict(torch_state["sampler"])
+        self.uniform.load_state_dict(torch_state["uniform"])
+        self.policy.backend.update_weights(state_dict_for_backend(self.policy.train_model), self.updater.version)
+
+    def checkpoint(self) -> Path:
+        json_state, torch_state = self._state()
+        return save_checkpoint(self.run_dir, self.step, self.policy.train_model, json_state, torch_state)
+
+    # ----- main -----------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        if self.resume:
+            self._restore()
+        started = time.monotonic()
+        first_eval = await self.evaluate() if self.step == 0 else {}
+        engine = self._engine()
+        try:
+            if self.config.algo is Algo.GRPO and self.config.grpo_mode is GRPOMode.BATCH:
+                await self._run_sync_batches(engine)
+            else:
+                async with engine:
+                    await self._run_streaming(engine)
+        finally:
+            engine.close()
+        self.checkpoint()
+        final_eval = await self.evaluate()
+        summary = {"steps": self.step, "wall_s": time.monotonic() - started, **self.counters,
+                   "accuracy_before": first_eval.get("eval/accuracy"), "accuracy_after": final_eval.get("eval/accuracy")}
+        self.logger.log(self.step, summary, kind="summary")
+        self.logger.close()
+        self.policy.backend.close()
+        return summary
+
+    def _engine(self) -> RolloutEngine:
+        config = self.config
+        if config.algo is Algo.SPO:
+            mode, tasks = RolloutMode.STREAM, PrioritisedTasks(self.sampler)
+        else:
+            mode = RolloutMode.GROUP if config.grpo_mode is GRPOMode.GROUP else RolloutMode.BATCH
+            tasks = self.uniform
+        rollout = config.rollout.model_copy(update={"mode": mode, "group_size": config.group_size})
+        return RolloutEngine(config.env_id, self.policy.backend, self.policy.formatter, rollout, tasks,
+                             {**config.env_kwargs, "split": "train"})
+
+    async def _get(self, engine: RolloutEngine):
+        waited = time.monotonic()
+        item = await engine.get()
+        self.counters["learner_wait_s"] += time.monotonic() - waited
+        return item
+
+    def _record(self, episodes: list[Episode]) -> None:
+        for episode in episodes:  # logged before use: a killed run loses no finished episode
+            append_episode_log(self.episode_log, episode)
+        self.counters["episodes"] += len(episodes)
+
+    async def _run_streaming(self, engine: RolloutEngine) -> None:
+        config, pending, groups = self.config, [], []
+        per_step = config.batch_size // config.group_size if config.algo is Algo.GRPO else config.batch_size
+        while self.step < config.steps:
+            item = await self._get(engine)
+            self._record(item if isinstance(item, list) else [item])
+            if config.algo is Algo.GRPO:
+                groups.append(item)
+                if len(groups) >= per_step:
+                    await self._learner_step(self.grpo.make_batch(groups, self.updater.version), engine)
+                    groups = []
+                continue
+            self.spo.on_arrival(item)
+            if staleness_weight(item, self.updater.version, config) == 0.0:
+                self.counters["dropped_stale"] += 1
+                continue
+            if config.spo_update is SPOUpdate.ACCUMULATE:
+                advantage = self.spo.running_advantage(item)
+                await asyncio.to_thread(self.updater.accumulate, [item.training_view()], [advantage],
+                                        [staleness_weight(item, self.updater.version, config)])
+            pending.append(item)
+            if len(pending) >= per_step:
+                await self._learner_step(self.spo.make_batch(pending, self.updater.version), engine)
+                pending = []
+
+    async def _run_sync_batches(self, engine: RolloutEngine) -> None:
+        per_step = self.config.batch_size // self.config.group_size
+        while self.step < self.config.steps:
+            ids = list(self.uniform.rng.choice(self.train_ids, size=per_step, replace=False))
+            waited = time.monotonic()
+            episodes = await engine.collect_batch(ids)
+            self.counters["learner_wait_s"] += time.monotonic() - waited
+            self._record(episodes)
+            groups = [[e for e in episodes if e.task_id == task_id] for task_id in ids]
+            await self._learner_step(self.grpo.make_batch(groups, self.updater.version), engine)
+
+    async def _learner_step(self, batch: Batch, engine: RolloutEngine) -> None:
+        started = time.monotonic()
+        if self.config.algo is Algo.SPO and self.config.spo_update is SPOUpdate.ACCUMULATE:
+            metrics = await asyncio.to_thread(self.updater.apply)
+        else:
+            metrics = await asyncio.to_thread(self.updater.step, batch.samples, batch.advantages, batch.weights)
+        if self.config.algo is Algo.SPO:
+            metrics.update(await asyncio.to_thread(self.spo.after_step, batch.episodes, self.updater.logprobs,
+                                                   self.updater.version))
+        weights = state_dict_for_backend(self.policy.train_model)
+        await asyncio.to_thread(self.policy.backend.update_weights, weights, self.updater.version)
+        self.step += 1
+        metrics.update(batch.metrics)
+        metrics.update(self._batch_metrics(batch, engine, time.monotonic() - started))
+        if self.config.eval.every_steps and self.step % self.config.eval.every_steps == 0 \
+                and self.step < self.config.steps:
+            metrics.update(await self.evaluate())
+        self.logger.log(self.step, metrics)
+        if self.step % self.config.checkpoint_every == 0:
+            self.checkpoint()
+
+    def _batch_metrics(self, batch: Batch, engine: RolloutEngine, learner_s: float) -> dict[str, float]:
+        rewards = [e.reward for e in batch.episodes]
+        stats = engine.stats.as_dict(self.config.rollout.num_slots)
+        return {"reward/mean": float(np.mean(rewards)), "reward/accuracy": float(np.mean([r >= 1 for r in rewards])),
+                "episodes/total": self.counters["episodes"], "episodes/dropped_stale": self.counters["dropped_stale"],
+                "learner/step_s": learner_s, "learner/wait_s_total": self.counters["learner_wait_s"],
+                "rollout/episodes_per_s": stats["episodes_per_s"], "rollout/tokens_per_s": stats["tokens_per_s"],
+                "rollout/slot_utilisation": stats["slot_utilisation"], "policy/version": self.updater.version,
+                "tracker/tasks_seen": len(self.tracker)}
+
+    async def evaluate(self) -> dict[str, float]:
+        config = self.config
+        if not config.eval.enabled:
+            return {}
+        ids = task_ids(config.env_id, config.env_kwargs, config.eval.split)
+        ids = sorted(ids)[: config.eval.num_tasks]
+        result = await evaluate(self.policy.backend, self.policy.formatter, config.env_id,
+                                {**config.env_kwargs, "split": config.eval.split}, ids,
+                                temperature=config.eval.temperature, num_slots=config.rollout.num_slots,
+                                rollout=config.rollout, ks=(1,))
+        write_transcripts(self.run_dir / "transcripts" / f"eval-step-{self.step:06d}.md",
+                          result.episodes[: config.transcripts], self.policy.formatter)
+        metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
+        self.logger.log(self.step, metrics, kind="eval")
+        return metrics

@@ -1,0 +1,68 @@
+"""Building the parts of a run from its config: model copies, backend, tasks, learner state.
+
+Kept apart from the loop so that each piece is small and testable, and so that `eval` and
+`estimate-values` reuse the same construction.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+
+from spo_agents.backends.models import LoadedModel, load_model
+from spo_agents.backends.transformers_backend import TransformersBackend
+from spo_agents.chat import ChatFormatter
+
+
+@dataclass
+class PolicyParts:
+    loaded: LoadedModel
+    train_model: torch.nn.Module
+    backend: TransformersBackend
+    formatter: ChatFormatter
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_size: int = 64) -> PolicyParts:
+    """The training copy of the model and an inference copy behind a batched backend.
+
+    Two copies, because the backend decodes in its own thread while the optimiser changes the
+    training weights; new weights reach the backend by `update_weights` between decode steps.
+    """
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    loaded = load_model(model_spec, device=device, seed=seed)
+    if dtype is not torch.float32:
+        loaded.model.to(dtype=torch.float32)  # master weights in fp32; the backend copy runs in bf16
+    inference_model = copy.deepcopy(loaded.model).to(dtype=dtype)
+    backend = TransformersBackend(inference_model, loaded.tokenizer, max_batch_size=max_batch_size, seed=seed)
+    formatter = ChatFormatter(loaded.tokenizer, loaded.tool_template)
+    return PolicyParts(loaded, loaded.model, backend, formatter)
+
+
+def task_ids(env_id: str, env_kwargs: dict[str, Any], split: str) -> list[str]:
+    """Task ids of one split of a registered environment (environments built on ToolEnv)."""
+    import spo_agents  # noqa: F401  (registration)
+
+    env = gymnasium.make(env_id, **{**env_kwargs, "split": split})
+    try:
+        splits = getattr(env.unwrapped, "splits", None)
+        if splits is None or split not in splits:
+            raise ValueError(f"{env_id} exposes no task split {split!r}; training needs task ids")
+        return list(splits[split].ids)
+    finally:
+        env.close()
+
+
+def state_dict_for_backend(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach() for name, tensor in model.state_dict().items()}

@@ -1,0 +1,74 @@
+"""End-to-end: `spo-agents train` then `spo-agents eval` on the tiny model; the run folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spo_agents.cli import main
+from spo_agents.trainer.evaluate import pass_at_k
+
+FAST = ["--set", "steps=3", "--set", "batch_size=4", "--set", "eval.num_tasks=4", "--set", "rollout.num_slots=4",
+        "--set", "rollout.max_tokens_per_turn=16", "--set", "rollout.max_tokens_per_episode=48",
+        "--set", "checkpoint_every=2", "--no-progress"]
+
+
+@pytest.mark.parametrize("algo_args", [["--algo", "spo"], ["--algo", "grpo", "--set", "group_size=2"],
+                                       ["--set", "spo_update=accumulate"],
+                                       ["--algo", "grpo", "--set", "group_size=2", "--set", "grpo_mode=group"]])
+def test_train_writes_a_complete_run_folder(tmp_path, capsys, algo_args):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), *FAST, *algo_args]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["episodes"] >= 12
+    assert (run / "config.yaml").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("train") == 3 and kinds.count("eval") == 2 and kinds[-1] == "summary"
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["policy/version"] for r in train] == [1, 2, 3]
+    for key in ("reward/mean", "loss/pg", "grad_norm", "staleness/mean", "rollout/slot_utilisation"):
+        assert key in train[-1]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "plots" / "reward_mean.png").exists() and (run / "plots" / "eval_accuracy.png").exists()
+    assert (run / "checkpoints" / "latest").read_text() == "step-000003"
+    assert (run / "checkpoints" / "step-000003" / "model.safetensors").exists()
+    assert len((run / "episodes.jsonl").read_text().splitlines()) == summary["episodes"]
+    assert list((run / "transcripts").glob("*.md"))
+
+
+def test_eval_of_a_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    main(["train", "--output-dir", str(run), *FAST])
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run / "checkpoints" / "step-000003"), "--tasks", "3", "-k", "4",
+                 "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["tasks"] == 3 and result["k"] == 4
+    for key in ("pass@1", "pass@4", "maj@4", "avg@4"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["pass@4"] >= result["pass@1"]
+
+
+@pytest.mark.parametrize("n, c, k, expected", [(10, 0, 1, 0.0), (10, 10, 5, 1.0), (10, 3, 1, 0.3),
+                                               (4, 1, 2, 0.5), (5, 2, 2, 0.7), (32, 1, 32, 1.0)])
+def test_pass_at_k_unbiased_estimator(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+def test_config_file_and_overrides(tmp_path):
+    from spo_agents.trainer.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("algo: grpo\ngroup_size: 4\nbatch_size: 8\nrollout:\n  num_slots: 3\n")
+    config = load_config(path, ["optim.lr=3e-5", "rollout.num_slots=5"])
+    assert config.algo.value == "grpo" and config.optim.lr == 3e-5 and config.rollout.num_slots == 5
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        load_config(path, ["batch_size=6"])
+    with pytest.raises(ValueError):
+        load_config(None, ["no_such_field=1"])
+    for preset in Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"):
+        load_config(preset)
