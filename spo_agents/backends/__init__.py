@@ -1,8 +1,10 @@
 """Generation backends: one protocol (prompt ids + sampling params -> ids + log-probs).
 
 `spo_agents.backends.base` is plain data and imports nothing heavy. The transformers backend and
-the model presets import torch and transformers, so they are loaded on first attribute access
-(`spo_agents.backends.TransformersBackend`, `spo_agents.backends.load_model`).
+the model presets import torch and transformers, the HTTP client httpx, the vLLM backend vLLM (on
+use), so they are loaded on first attribute access (`spo_agents.backends.TransformersBackend`,
+`spo_agents.backends.load_model`, `spo_agents.backends.OpenAICompatibleBackend`,
+`spo_agents.backends.VLLMBackend`).
 Backends never import the learner or the environments.
 """
 
@@ -26,6 +28,11 @@ _LAZY = {
     "load_model": "spo_agents.backends.models",
     "build_tiny_tokenizer": "spo_agents.backends.models",
     "PRESETS": "spo_agents.backends.models",
+    "OpenAICompatibleBackend": "spo_agents.backends.openai_client",
+    "BackendHTTPError": "spo_agents.backends.openai_client",
+    "BackendTimeoutError": "spo_agents.backends.openai_client",
+    "BackendProtocolError": "spo_agents.backends.openai_client",
+    "VLLMBackend": "spo_agents.backends.vllm_backend",
 }
 
 __all__ = [

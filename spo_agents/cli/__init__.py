@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "spo_agents.cli.envs_cmd",
     "spo_agents.cli.demo_cmd",
     "spo_agents.cli.sandbox_cmd",
+    "spo_agents.cli.serve_cmd",
 ]
 # Modules with `register_bench(bench_subparsers)`.
 BENCH_MODULES = [
