@@ -14,7 +14,9 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.spo-agents-installed
-want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+# The editable install records the package list (envs/spo_env_* included): a new environment
+# package changes the stamp too.
+want=$( (sha256sum pyproject.toml scripts/bootstrap.sh; ls -d envs/*/) | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     if ! command -v nvidia-smi >/dev/null 2>&1; then

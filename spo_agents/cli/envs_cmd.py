@@ -17,6 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("env_id", help="e.g. spo/Calculator-v0")
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("--task-id", default=None, help="play this task instead of a sampled one")
+    show.add_argument("--stats", action="store_true",
+                      help="instead of one transcript, print the distribution of turns and tokens per episode "
+                           "under the oracle over a sample of tasks (tokens ~ characters / 4)")
+    show.add_argument("--samples", type=int, default=200, help="tasks sampled for --stats")
+    show.add_argument("--split", default="train", help="task split sampled for --stats")
     show.set_defaults(func=show_env)
 
 
@@ -40,8 +45,19 @@ def list_envs(args: argparse.Namespace) -> int:
 
 
 def show_env(args: argparse.Namespace) -> int:
+    if args.stats:
+        return show_stats(args)
     from spo_agents.cli.demo_cmd import play_oracle_episode, print_transcript
 
     transcript, reward = play_oracle_episode(args.env_id, seed=args.seed, task_id=args.task_id)
     print_transcript(args.env_id, transcript, reward)
+    return 0
+
+
+def show_stats(args: argparse.Namespace) -> int:
+    import spo_agents  # noqa: F401  (registers the environments)
+    from spo_agents.cli.env_stats import format_report, sample_oracle_episodes, stats_report
+
+    episodes = sample_oracle_episodes(args.env_id, samples=args.samples, seed=args.seed, split=args.split)
+    print(format_report(stats_report(args.env_id, episodes), [e.turns for e in episodes]))
     return 0

@@ -16,6 +16,7 @@ import yaml
 from spo_agents.learner.config import AdvantageConfig, LossConfig, SamplerConfig, TrackerConfig
 from spo_agents.learner.update import OptimConfig
 from spo_agents.rollout.config import RolloutConfig
+from spo_agents.trainer.lora import LoraSettings
 
 
 class Algo(str, Enum):
@@ -70,6 +71,7 @@ class TrainConfig(pydantic.BaseModel):
                                             "over the bound)")
     value_table: str | None = pydantic.Field(None, description="offline value estimates (JSONL from "
                                              "`spo-agents estimate-values`) to initialise the tracker")
+    lora: LoraSettings | None = pydantic.Field(None, description="train LoRA adapters (peft) instead of all weights")
     rollout: RolloutConfig = pydantic.Field(default_factory=RolloutConfig)
     tracker: TrackerConfig = pydantic.Field(default_factory=TrackerConfig)
     sampler: SamplerConfig = pydantic.Field(default_factory=SamplerConfig)

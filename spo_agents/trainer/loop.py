@@ -42,7 +42,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / "config.yaml")
         seed_everything(config.seed)
-        self.policy = build_policy(config.model, config.device, config.seed)
+        self.policy = build_policy(config.model, config.device, config.seed, lora=config.lora)
         self.updater = PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
         self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
         self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)

@@ -18,6 +18,7 @@ import torch
 from spo_agents.backends.models import LoadedModel, load_model
 from spo_agents.backends.transformers_backend import TransformersBackend
 from spo_agents.chat import ChatFormatter
+from spo_agents.trainer.lora import LoraSettings, merged_state_dict, wrap_with_lora
 
 
 @dataclass
@@ -34,7 +35,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_size: int = 64) -> PolicyParts:
+def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_size: int = 64,
+                 lora: LoraSettings | None = None) -> PolicyParts:
     """The training copy of the model and an inference copy behind a batched backend.
 
     Two copies, because the backend decodes in its own thread while the optimiser changes the
@@ -47,7 +49,8 @@ def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_
     inference_model = copy.deepcopy(loaded.model).to(dtype=dtype)
     backend = TransformersBackend(inference_model, loaded.tokenizer, max_batch_size=max_batch_size, seed=seed)
     formatter = ChatFormatter(loaded.tokenizer, loaded.tool_template)
-    return PolicyParts(loaded, loaded.model, backend, formatter)
+    train_model = wrap_with_lora(loaded.model, lora) if lora is not None else loaded.model
+    return PolicyParts(loaded, train_model, backend, formatter)
 
 
 def task_ids(env_id: str, env_kwargs: dict[str, Any], split: str) -> list[str]:
@@ -65,4 +68,5 @@ def task_ids(env_id: str, env_kwargs: dict[str, Any], split: str) -> list[str]:
 
 
 def state_dict_for_backend(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    """Weights under the inference copy's names (LoRA adapters merged in)."""
+    return merged_state_dict(model)

@@ -72,3 +72,45 @@ def test_config_file_and_overrides(tmp_path):
         load_config(None, ["no_such_field=1"])
     for preset in Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"):
         load_config(preset)
+
+
+def test_lora_training_pushes_merged_weights(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from spo_agents.backends.models import load_model
+
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), *FAST, "--set", "lora={r: 4, alpha: 8}",
+                 "--set", "optim.lr=0.05"]) == 0
+    saved = load_file(str(run / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert any("lora_A" in name for name in saved)
+    base = load_model("tiny", seed=0).model.state_dict()
+    frozen = [n for n in saved if n.endswith("embed_tokens.weight")]
+    assert frozen and all(torch.equal(saved[n], base[n.removeprefix("base_model.model.")]) for n in frozen)
+
+
+def test_merged_state_dict_matches_plain_model_names_and_values():
+    import copy
+
+    import torch
+
+    from spo_agents.backends.models import load_model
+    from spo_agents.trainer.lora import LoraSettings, merged_state_dict, wrap_with_lora
+
+    plain = load_model("tiny", seed=0).model
+    wrapped = wrap_with_lora(copy.deepcopy(plain), LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)
+    merged = merged_state_dict(wrapped)
+    assert set(merged) == set(plain.state_dict())
+    name = next(n for n in merged if n.endswith("q_proj.weight"))
+    assert not torch.equal(merged[name], plain.state_dict()[name])  # adapters merged in
+    other = next(n for n in merged if n.endswith("k_proj.weight"))
+    assert torch.equal(merged[other], plain.state_dict()[other])
+    # unmerged again afterwards: the wrapped model's base weights are back to the originals
+    base_name = "base_model.model." + name.replace("q_proj.weight", "q_proj.base_layer.weight")
+    # (float rounding of merge + unmerge only)
+    torch.testing.assert_close(wrapped.state_dict()[base_name], plain.state_dict()[name], rtol=0, atol=1e-6)

@@ -1,0 +1,209 @@
+"""Supervised warm start (`spo-agents sft`): imitate a scripted tool-using policy before RL.
+
+Why: a random or generic small model almost never produces a well-formed tool call followed by a
+boxed answer, so every episode scores 0 and policy-gradient RL has no signal to work with. A
+short supervised phase on demonstrations from the environment's scripted policy
+(`oracle_action()`) teaches the format; RL then improves what the warm start gets wrong.
+
+How the demonstrations are built matters: they must be token-for-token what the rollout engine
+would produce had the policy sampled the oracle's text, otherwise SFT teaches a different
+sequence layout from the one RL trains on. So each demonstration is rendered with the same
+`ChatFormatter` calls the engine makes: `initial_prompt_ids`, then per turn the encoded action
+(plus the end-of-turn token when the action is a final reply, since that is how the engine's
+completions stop) and `observation_ids(info["messages"], completion_ids)`. The loss is the
+cross-entropy of the assistant (completion) tokens only; prompts and observations are masked.
+
+Demonstrations come from the *train* split only; held-out tasks are never played here.
+
+The output folder is a regular transformers model folder (config.json, model.safetensors,
+tokenizer files whose chat template is the one the formatter used) plus `sft.json`, a marker
+naming the base model spec and the run's settings. `load_model(folder)` therefore loads it
+unchanged, so a training config starts from it with `model: <folder>`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+import pydantic
+import torch
+
+from spo_agents.backends.models import LoadedModel, build_tiny_model, build_tiny_tokenizer, load_model
+from spo_agents.chat import ChatFormatter
+from spo_agents.learner.update import microbatches, token_logprobs
+
+SFT_MARKER = "sft.json"
+
+
+class SFTConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    model: str = pydantic.Field("tiny", description="base model spec (tiny | smollm2-135m | folder | .gguf)")
+    tiny_hidden_size: int = pydantic.Field(128, ge=16, description="hidden size when model is tiny")
+    tiny_layers: int = pydantic.Field(4, ge=1, description="layers when model is tiny")
+    env_id: str = pydantic.Field("spo/Calculator-v0", description="environment with oracle_action()")
+    env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1})
+    num_demos: int = pydantic.Field(400, ge=1, description="oracle episodes (distinct train tasks)")
+    steps: int = pydantic.Field(150, ge=1, description="optimiser steps")
+    batch_size: int = pydantic.Field(16, ge=1, description="demonstrations per step")
+    lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
+    weight_decay: float = pydantic.Field(0.0, ge=0)
+    grad_clip: float = pydantic.Field(1.0, gt=0)
+    microbatch_tokens: int = pydantic.Field(8192, ge=16)
+    device: str = "cpu"
+    seed: int = 0
+    output_dir: str = pydantic.Field("runs/sft", description="folder for the warm-started model")
+
+
+@dataclass
+class Demonstration:
+    task_id: str
+    token_ids: list[int]
+    loss_mask: list[int]
+    reward: float
+
+
+def build_base(config: SFTConfig) -> LoadedModel:
+    """The model to warm-start: `tiny` at the configured size, otherwise `load_model(spec)`."""
+    if config.model == "tiny":
+        tokenizer = build_tiny_tokenizer(seed=config.seed)
+        model = build_tiny_model(tokenizer, seed=config.seed, hidden_size=config.tiny_hidden_size,
+                                 num_layers=config.tiny_layers, initializer_range=0.02)
+        return LoadedModel("tiny", model.to(config.device), tokenizer)
+    return load_model(config.model, device=config.device, seed=config.seed)
+
+
+def oracle_demonstration(env: Any, formatter: ChatFormatter, task_id: str) -> Demonstration:
+    """Play the env's scripted policy on one task; tokens exactly as the rollout engine lays them out."""
+    observation, info = env.reset(options={"task_id": task_id})
+    messages = [{"role": "user", "content": observation}]
+    if info.get("system_prompt"):
+        messages.insert(0, {"role": "system", "content": info["system_prompt"]})
+    prompt = formatter.initial_prompt_ids(messages, info.get("tools", []))
+    token_ids, loss_mask, reward = list(prompt), [0] * len(prompt), 0.0
+    while True:
+        action = env.unwrapped.oracle_action()
+        completion = formatter.encode(action)
+        if not _ends_with_tool_call(formatter, completion) and formatter.end_of_turn_id is not None:
+            completion.append(formatter.end_of_turn_id)  # a final reply stops at end-of-turn
+        token_ids += completion
+        loss_mask += [1] * len(completion)
+        _, step_reward, terminated, truncated, info = env.step(action)
+        reward += float(step_reward)
+        if terminated or truncated:
+            return Demonstration(task_id, token_ids, loss_mask, reward)
+        observation_ids = formatter.observation_ids(info.get("messages") or [], completion)
+        token_ids += observation_ids
+        loss_mask += [0] * len(observation_ids)
+
+
+def _ends_with_tool_call(formatter: ChatFormatter, completion: list[int]) -> bool:
+    return formatter.decode(completion).rstrip().endswith("</tool_call>")
+
+
+def demonstrations(formatter: ChatFormatter, env_id: str, env_kwargs: dict[str, Any], num_demos: int,
+                   seed: int = 0) -> list[Demonstration]:
+    """Oracle demonstrations on `num_demos` distinct tasks drawn from the train split (never held-out)."""
+    import spo_agents  # noqa: F401  (environment registration)
+
+    env = gymnasium.make(env_id, **{**env_kwargs, "split": "train"})
+    try:
+        if not hasattr(env.unwrapped, "oracle_action"):
+            raise ValueError(f"{env_id} has no oracle_action(); sft needs a scripted policy")
+        ids = sorted(env.unwrapped.splits["train"].ids)
+        random.Random(seed).shuffle(ids)
+        demos = [oracle_demonstration(env, formatter, task_id) for task_id in ids[:num_demos]]
+    finally:
+        env.close()
+    failed = [d.task_id for d in demos if d.reward < 1.0]
+    if failed:
+        raise RuntimeError(f"the oracle failed {len(failed)} demonstrations (e.g. {failed[:3]})")
+    return demos
+
+
+def demonstration_loss(model: torch.nn.Module, demos: list[Demonstration], microbatch_tokens: int,
+                       device: str = "cpu", backward: bool = False) -> float:
+    """Token-mean cross-entropy of the assistant tokens (backward() on it when asked)."""
+    total_tokens = float(sum(sum(d.loss_mask) for d in demos))
+    loss_sum = 0.0
+    for indices in microbatches([len(d.token_ids) for d in demos], microbatch_tokens):
+        rows = [demos[i] for i in indices]
+        width = max(len(d.token_ids) for d in rows)
+        ids = torch.tensor([d.token_ids + [0] * (width - len(d.token_ids)) for d in rows], device=device)
+        mask = torch.tensor([d.loss_mask + [0] * (width - len(d.loss_mask)) for d in rows],
+                            dtype=torch.float32, device=device)
+        attention = torch.tensor([[1] * len(d.token_ids) + [0] * (width - len(d.token_ids)) for d in rows],
+                                 device=device)
+        loss = -(token_logprobs(model, ids, attention) * mask).sum() / total_tokens
+        if backward:
+            loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
+
+
+def train_on_demonstrations(model: torch.nn.Module, demos: list[Demonstration], config: SFTConfig,
+                            on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """AdamW with cosine decay over shuffled mini-batches; returns the per-step training loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s / config.steps, 1.0))))
+    rng = np.random.default_rng(config.seed)
+    order, cursor, losses = rng.permutation(len(demos)), 0, []
+    model.train()
+    for step in range(config.steps):
+        if cursor + config.batch_size > len(order):
+            order, cursor = rng.permutation(len(demos)), 0
+        batch = [demos[i] for i in order[cursor: cursor + config.batch_size]]
+        cursor += config.batch_size
+        loss = demonstration_loss(model, batch, config.microbatch_tokens, config.device, backward=True)
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss)
+        if on_step:
+            on_step(step + 1, loss)
+    model.eval()
+    return losses
+
+
+def save_warm_start(folder: Path, loaded: LoadedModel, formatter: ChatFormatter, marker: dict[str, Any]) -> None:
+    """A transformers model folder that `load_model(folder)` reads, plus the `sft.json` marker."""
+    folder.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(str(folder), safe_serialization=True)
+    loaded.tokenizer.chat_template = formatter.template  # the template the demonstrations used
+    loaded.tokenizer.save_pretrained(str(folder))
+    (folder / SFT_MARKER).write_text(json.dumps(marker, indent=2))
+
+
+def run_sft(config: SFTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build the base model, generate demonstrations, train, save; returns a summary."""
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    loaded = build_base(config)
+    formatter = ChatFormatter(loaded.tokenizer, loaded.tool_template)
+    demos = demonstrations(formatter, config.env_id, config.env_kwargs, config.num_demos, config.seed)
+    probe = demos[: min(len(demos), 64)]
+    with torch.no_grad():
+        loss_before = demonstration_loss(loaded.model, probe, config.microbatch_tokens, config.device)
+    every = max(config.steps // 10, 1)
+    losses = train_on_demonstrations(
+        loaded.model, demos, config,
+        on_step=lambda s, v: log(f"sft step {s}/{config.steps} loss {v:.4f}") if s % every == 0 else None)
+    with torch.no_grad():
+        loss_after = demonstration_loss(loaded.model, probe, config.microbatch_tokens, config.device)
+    summary = {"base_model": config.model, "env_id": config.env_id, "env_kwargs": config.env_kwargs,
+               "demonstrations": len(demos), "assistant_tokens": int(sum(sum(d.loss_mask) for d in demos)),
+               "steps": config.steps, "loss_before": loss_before, "loss_after": loss_after,
+               "final_train_loss": losses[-1], "wall_s": time.monotonic() - started, "output_dir": config.output_dir,
+               "config": config.model_dump(mode="json")}
+    save_warm_start(Path(config.output_dir), loaded, formatter, summary)
+    return summary
