@@ -13,5 +13,7 @@ def register_builtin_envs() -> None:
         return
     register(id="spo/Calculator-v0", entry_point="spo_env_calculator:CalculatorEnv")
     register(id="spo/MathVerify-v0", entry_point="spo_env_mathverify:MathVerifyEnv")
+    register(id="spo/PythonExec-v0", entry_point="spo_env_pythonexec:PythonExecEnv")
+    register(id="spo/ToolMath-v0", entry_point="spo_env_toolmath:ToolMathEnv")
     register(id="spo/FileSearch-v0", entry_point="spo_env_filesearch:FileSearchEnv")
     register(id="spo/ChainCalc-v0", entry_point="spo_env_chaincalc:ChainCalcEnv")

@@ -22,8 +22,11 @@ SECRET_VALUE = "s3cret-" + secrets.token_hex(8)
 os.environ[SECRET_NAME] = SECRET_VALUE  # set before any pool starts, as a trainer's API key would be
 MARGIN_S = 2.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# A UID range of its own: other pools in the same test run (the PythonExec/ToolMath envs share a
+# process-wide pool on the default range) must not count as processes left behind by a snippet.
 TEST_CONFIG = SandboxConfig(num_helpers=2, timeout_s=1.0, memory_mb=512, max_processes=16,
-                            output_limit_bytes=32768, tmpfs_mb=16, tmpfs_inodes=512, max_file_mb=8)
+                            output_limit_bytes=32768, tmpfs_mb=16, tmpfs_inodes=512, max_file_mb=8,
+                            uid_base=SandboxConfig().uid_base + 50_000)
 SOLO_CONFIG = TEST_CONFIG.model_copy(update={"num_helpers": 1, "uid_base": TEST_CONFIG.uid_base + 1000})
 HOST_DIRS = ["/tmp", "/var/tmp", "/dev/shm", str(PROJECT_ROOT), "/root", "/etc", "/", os.getcwd()]
 

@@ -1,0 +1,13 @@
+"""Built-in environment spo/PythonExec-v0 (see env.py), and the sandboxed `python` tool it shares.
+
+`SandboxToolEnv` and `shared_pool` (sandbox_env.py) are reused by spo/ToolMath-v0.
+"""
+
+from spo_env_pythonexec.env import PythonExecEnv
+from spo_env_pythonexec.grading import extract_solution, values_match
+from spo_env_pythonexec.loader import load_python_tasks
+from spo_env_pythonexec.sandbox_env import SandboxToolEnv, close_shared_pools, shared_pool
+from spo_env_pythonexec.tasks import generate_tasks
+
+__all__ = ["PythonExecEnv", "SandboxToolEnv", "close_shared_pools", "extract_solution", "generate_tasks",
+           "load_python_tasks", "shared_pool", "values_match"]
