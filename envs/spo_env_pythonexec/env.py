@@ -12,7 +12,7 @@ from spo_agents.sandbox import SandboxConfig
 
 from spo_env_pythonexec.grading import TestReport, build_harness, extract_solution, new_nonce, parse_report
 from spo_env_pythonexec.loader import load_python_tasks
-from spo_env_pythonexec.sandbox_env import SandboxToolEnv
+from spo_agents.env.sandbox_tool import SandboxToolEnv
 from spo_env_pythonexec.tasks import generate_tasks
 
 SYSTEM_PROMPT = (

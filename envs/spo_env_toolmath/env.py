@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from spo_agents.env import Task, load_tasks, split_tasks, strip_tool_calls
 from spo_agents.grading import shared_math_grader
 from spo_agents.sandbox import SandboxConfig
-from spo_env_pythonexec import SandboxToolEnv
+from spo_agents.env.sandbox_tool import SandboxToolEnv
 
 from spo_env_toolmath.problems import bundled_problems
 

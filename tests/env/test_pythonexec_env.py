@@ -14,7 +14,7 @@ from spo_agents.sandbox import ExecResult, SandboxError
 from spo_env_pythonexec import PythonExecEnv, extract_solution, shared_pool, values_match
 from spo_env_pythonexec.grading import build_harness, new_nonce, parse_report
 from spo_env_pythonexec.loader import load_python_tasks, normalize_tests
-from spo_env_pythonexec.sandbox_env import discard_pool
+from spo_agents.env.sandbox_tool import discard_pool
 from spo_env_pythonexec.tasks import generate_tasks
 
 FENCE = "```"

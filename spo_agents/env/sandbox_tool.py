@@ -1,7 +1,8 @@
 """`SandboxToolEnv`: a `ToolEnv` whose `python` tool runs model-written code in the sandbox.
 
-Shared by spo/PythonExec-v0 and spo/ToolMath-v0 (and usable by any environment that wants a
-python tool). Three decisions live here:
+Part of the environment kit (import it from `spo_agents.env.sandbox_tool`): spo/PythonExec-v0
+and spo/ToolMath-v0 use it, and so can any environment that wants a python tool. Three
+decisions live here:
 
 - One pool per configuration per process. A trainer makes one environment per rollout slot,
   and gymnasium's checker makes more; if each started its own helper processes, processes and
