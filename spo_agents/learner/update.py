@@ -70,7 +70,9 @@ def _pad(rows: list[list], value, dtype) -> torch.Tensor:
 def token_logprobs(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
     """log p(token_t | tokens_<t) under `model`, aligned to positions (position 0 gets 0)."""
-    logits_B_T_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T).logits.float()
+    on_gpu = token_ids_B_T.device.type == "cuda"
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):  # bf16 on GPU, fp32 on CPU
+        logits_B_T_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T).logits.float()
     logits_B_T_V = logits_B_T_V[:, :-1] / temperature
     targets_B_T = token_ids_B_T[:, 1:]
     picked_B_T = logits_B_T_V.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
