@@ -16,6 +16,7 @@ class RolloutMode(str, Enum):
 class EnvExecutor(str, Enum):
     THREAD = "thread"  # env.reset/step in a thread pool: cheap, shares the process
     PROCESS = "process"  # each slot's env lives in its own process: isolates CPU-heavy or crashy envs
+    RAY = "ray"  # envs live in Ray actors (env_workers of them) across a cluster: spo_agents.distributed
 
 
 class RolloutConfig(pydantic.BaseModel):
@@ -30,8 +31,10 @@ class RolloutConfig(pydantic.BaseModel):
     max_context_tokens: int = pydantic.Field(8192, ge=16, description="cap on the full token sequence of an episode")
     episode_timeout_s: float = pydantic.Field(600.0, gt=0, description="wall-clock limit of one episode")
     env_step_timeout_s: float = pydantic.Field(120.0, gt=0, description="wall-clock limit of one env.reset/step")
-    env_executor: EnvExecutor = pydantic.Field(EnvExecutor.THREAD, description="where env.step runs: thread | process")
-    env_workers: int | None = pydantic.Field(None, description="threads for env calls (default: num_slots)")
+    env_executor: EnvExecutor = pydantic.Field(EnvExecutor.THREAD,
+                                               description="where env.step runs: thread | process | ray")
+    env_workers: int | None = pydantic.Field(None, description="threads for env calls (default: num_slots); with "
+                                             "ray: env actors (default: min(num_slots, cluster CPUs))")
     temperature: float = pydantic.Field(1.0, ge=0, description="sampling temperature (0 = greedy)")
     top_p: float = pydantic.Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = pydantic.Field(0, ge=0, description="top-k sampling (0 = off)")

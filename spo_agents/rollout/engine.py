@@ -187,6 +187,10 @@ class RolloutEngine:
                 await self._output.put(members)
 
     def _runner(self, slot: int) -> ThreadEnvRunner | ProcessEnvRunner:
+        if slot not in self._runners and self.config.env_executor is EnvExecutor.RAY:
+            from spo_agents.distributed.env_pool import engine_runner  # lazy: Ray is an optional dependency
+
+            self._runners[slot] = engine_runner(self, slot)
         if slot not in self._runners:
             cls = ProcessEnvRunner if self.config.env_executor is EnvExecutor.PROCESS else ThreadEnvRunner
             self._runners[slot] = cls(self.env_id, self.env_kwargs, self._pool, self.config.env_step_timeout_s)

@@ -26,7 +26,8 @@ def make_sleepy_env(**kwargs):
 
 
 class CrashyEnv(ToolEnv):
-    """`boom` tasks raise from step, `exit` tasks kill the process, `hang` tasks block forever."""
+    """`boom` tasks raise from step, `exit` tasks kill the process, `hang` tasks block far past
+    the step timeout."""
 
     def __init__(self, **kwargs):
         tasks = [Task(task_id=name, prompt=f"task {name}", answer="1") for name in ("ok", "boom", "exit", "hang")]
@@ -38,7 +39,7 @@ class CrashyEnv(ToolEnv):
         if self.task.task_id == "exit":
             os._exit(3)
         if self.task.task_id == "hang":
-            time.sleep(3600)
+            time.sleep(6)  # well past the engine's step timeout; finite so no thread outlives the tests
         return super().step(action)
 
 

@@ -106,7 +106,10 @@ def test_group_mode_delivers_whole_groups():
     groups = run(stream_n(engine, 3))
     for group in groups:
         assert len(group) == 4 and len({e.task_id for e in group}) == 1
-    assert sorted(tasks.released[:3]) == sorted({g[0].task_id for g in groups})
+    from collections import Counter
+
+    released = Counter(tasks.released)
+    assert all(released[task] >= n for task, n in Counter(g[0].task_id for g in groups).items())
 
 
 def test_batch_mode_collects_g_episodes_per_task():
