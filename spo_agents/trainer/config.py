@@ -39,6 +39,12 @@ class StalenessPolicy(str, Enum):
     DOWNWEIGHT = "downweight"
 
 
+class Generation(str, Enum):
+    LOCAL = "local"  # a batched transformers backend in this process
+    RAY = "ray"  # transformers replicas as Ray actors (spo_agents.distributed)
+    OPENAI = "openai"  # an OpenAI-compatible server (`spo-agents serve`, vLLM, SGLang) over httpx
+
+
 class EvalConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -56,6 +62,11 @@ class TrainConfig(pydantic.BaseModel):
     algo: Algo = pydantic.Field(Algo.SPO, description="spo | grpo")
     model: str = pydantic.Field("tiny", description="model spec: tiny | smollm2-135m | path | hub id | .gguf file")
     device: str = pydantic.Field("cpu", description="cpu | cuda")
+    generation: Generation = pydantic.Field(Generation.LOCAL, description="where episodes are generated: local | "
+                                            "ray | openai")
+    generation_workers: int = pydantic.Field(1, ge=1, description="ray: generation replicas")
+    generation_url: str | None = pydantic.Field(None, description="openai: base URL of the server (weights are "
+                                                "pushed to it with /v1/load_weights, which `spo-agents serve` offers)")
     env_id: str = pydantic.Field("spo/Calculator-v0", description="registered environment id")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict, description="keyword arguments of the env")
     steps: int = pydantic.Field(20, ge=1, description="learner steps")

@@ -42,7 +42,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / "config.yaml")
         seed_everything(config.seed)
-        self.policy = build_policy(config.model, config.device, config.seed, lora=config.lora)
+        self.policy = build_policy(config.model, config.device, config.seed, lora=config.lora,
+                                   generation=config.generation.value, generation_workers=config.generation_workers,
+                                   generation_url=config.generation_url)
         self.updater = PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
         self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
         self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)
@@ -88,6 +90,9 @@ class Trainer:
     async def run(self) -> dict[str, Any]:
         if self.resume:
             self._restore()
+        elif self.config.generation.value != "local":  # remote replicas start from the spec's weights
+            await asyncio.to_thread(self.policy.backend.update_weights,
+                                    state_dict_for_backend(self.policy.train_model), self.updater.version)
         started = time.monotonic()
         first_eval = await self.evaluate() if self.step == 0 else {}
         engine = self._engine()

@@ -25,8 +25,24 @@ from spo_agents.trainer.lora import LoraSettings, merged_state_dict, wrap_with_l
 class PolicyParts:
     loaded: LoadedModel
     train_model: torch.nn.Module
-    backend: TransformersBackend
+    backend: Any  # the Backend protocol: TransformersBackend, RayGenerationBackend or OpenAICompatibleBackend
     formatter: ChatFormatter
+
+
+def remote_backend(generation: str, model_spec: str, device: str, seed: int, workers: int, url: str | None):
+    """A generation backend outside this process (Ray replicas or an OpenAI-compatible server)."""
+    if generation == "ray":
+        from spo_agents.distributed.generation import GenerationSpec, RayGenerationBackend
+
+        return RayGenerationBackend(GenerationSpec(kind="transformers", model=model_spec, device=device, seed=seed),
+                                    num_workers=workers)
+    if generation == "openai":
+        from spo_agents.backends.openai_client import OpenAICompatibleBackend
+
+        if not url:
+            raise ValueError("generation: openai needs generation_url")
+        return OpenAICompatibleBackend(url)
+    raise ValueError(f"unknown generation backend {generation!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -36,7 +52,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_size: int = 64,
-                 lora: LoraSettings | None = None) -> PolicyParts:
+                 lora: LoraSettings | None = None, generation: str = "local", generation_workers: int = 1,
+                 generation_url: str | None = None) -> PolicyParts:
     """The training copy of the model and an inference copy behind a batched backend.
 
     Two copies, because the backend decodes in its own thread while the optimiser changes the
@@ -46,8 +63,11 @@ def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_
     loaded = load_model(model_spec, device=device, seed=seed)
     if dtype is not torch.float32:
         loaded.model.to(dtype=torch.float32)  # master weights in fp32; the backend copy runs in bf16
-    inference_model = copy.deepcopy(loaded.model).to(dtype=dtype)
-    backend = TransformersBackend(inference_model, loaded.tokenizer, max_batch_size=max_batch_size, seed=seed)
+    if generation == "local":
+        inference_model = copy.deepcopy(loaded.model).to(dtype=dtype)
+        backend = TransformersBackend(inference_model, loaded.tokenizer, max_batch_size=max_batch_size, seed=seed)
+    else:
+        backend = remote_backend(generation, model_spec, device, seed, generation_workers, generation_url)
     formatter = ChatFormatter(loaded.tokenizer, loaded.tool_template)
     train_model = wrap_with_lora(loaded.model, lora) if lora is not None else loaded.model
     return PolicyParts(loaded, train_model, backend, formatter)
