@@ -5,13 +5,16 @@ This command measures it side by side for GRPO sync, GRPO group-gated streaming,
 streaming and the ideal. Protocol and bars: design/BENCHMARKS.md section 1.
 
 Modes are functions `run(args, out_dir) -> dict` in `MODES`: each prints its tables, writes
-its raw JSON and plots into `out_dir`, and returns the payload of the final JSON line. Only
-the simulated mode (`sim`, no model, well under a minute) is here; the end-to-end mode plugs
-in as one more entry of `MODES` plus its options in `register_bench` (`--mode` accepts the
-keys of `MODES`), reusing `report.metrics_table` and `report.json_line`.
+its raw JSON and plots into `out_dir`, and returns the payload of the final JSON line.
+- `sim` (default, no model, well under a minute): the discrete-event simulator. With
+  `--episode-log PATH` it resamples episode durations and tokens from a real run's JSONL
+  episode log, predicting the speedup for that workload.
+- `e2e` (minutes): the real trainer run three ways (`spo_agents.bench.e2e`) on environments
+  with injected heavy-tailed tool latency, a small model on CPU; options `--e2e-*`. Its
+  module imports torch, so it is imported only when this mode runs.
 
-With `--episode-log PATH` the simulator resamples episode durations and tokens from a real
-run's JSONL episode log, predicting the speedup for that workload.
+`--backend ray` runs another benchmark instead: how environment throughput scales with Ray
+env actors (`spo_agents.distributed.bench.run_ray_scaling`, options `--ray-*`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ from spo_agents.bench.simulator import (
     tail_sweep,
     utilisation_timeline,
 )
+from spo_agents.distributed.bench import add_ray_arguments, run_ray_scaling
 
 DEFAULT_SIGMAS = "0.25,0.375,0.5,0.625,0.75,0.875,1.0,1.125,1.25,1.375,1.5"
+# Defaults of the end-to-end mode, mirrored from spo_agents.bench.e2e.E2EConfig (not imported
+# here: that module imports torch).
+E2E_DEFAULTS = {"slots": 8, "batch": 8, "group": 4, "steps": 12, "repeats": 2,
+                "latency": "lognormal:median=0.3,sigma=1.5", "max_latency": 20.0}
 
 
 def add_sim_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,12 +170,113 @@ def run_sim(args, out_dir: Path) -> dict:
     return payload
 
 
-MODES = {"sim": run_sim}
+def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
+    d = E2E_DEFAULTS
+    g = p.add_argument_group("end-to-end mode (--mode e2e; --seed is shared)")
+    g.add_argument("--e2e-envs", default="auto",
+                   help="comma-separated env ids, or auto: spo/Calculator-v0 plus spo/ChainCalc-v0 and "
+                        "spo/FileSearch-v0 when registered")
+    g.add_argument("--e2e-latency", default=d["latency"],
+                   help="tool latency injected into every env step (LatencyWrapper spec)")
+    g.add_argument("--e2e-max-latency", type=float, default=d["max_latency"],
+                   help="cap on one injected delay, seconds (0: no cap)")
+    g.add_argument("--e2e-slots", type=int, default=d["slots"], help="rollout slots N")
+    g.add_argument("--e2e-batch", type=int, default=d["batch"], help="episodes per learner step B")
+    g.add_argument("--e2e-group", type=int, default=d["group"], help="GRPO group size G")
+    g.add_argument("--e2e-steps", type=int, default=d["steps"], help="learner steps per method (budget: steps x B)")
+    g.add_argument("--e2e-repeats", type=int, default=d["repeats"],
+                   help="rounds of the three methods, in rotated order; ratios are medians over rounds")
+    g.add_argument("--e2e-model", default="tiny", help="model spec of the trainer (CPU)")
+    g.add_argument("--e2e-max-tokens", type=int, default=16, help="sampled tokens per turn (per episode: 4x)")
+    g.add_argument("--e2e-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig override applied to every method (repeatable)")
+
+
+def _e2e_config(args):
+    from spo_agents.bench import e2e
+
+    return e2e.E2EConfig(
+        env_ids=e2e.resolve_env_ids(args.e2e_envs), latency=args.e2e_latency,
+        max_latency_s=args.e2e_max_latency or None, slots=args.e2e_slots, batch=args.e2e_batch,
+        group=args.e2e_group, steps=args.e2e_steps, repeats=args.e2e_repeats, model=args.e2e_model,
+        max_tokens_per_turn=args.e2e_max_tokens, max_tokens_per_episode=4 * args.e2e_max_tokens,
+        seed=args.seed, overrides=tuple(args.e2e_set),
+    )
+
+
+def _print_e2e(cfg, res) -> None:
+    from spo_agents.bench import e2e
+
+    title = (f"throughput (end-to-end) {res.env_id}: N={cfg.slots} B={cfg.batch} G={cfg.group}, {cfg.steps} "
+             f"steps, tool latency {cfg.latency}, median of {cfg.repeats} round(s)")
+    report.print_tables([report.metrics_table(res.metrics, title)])
+    print(report.COLUMN_NOTE + "; ideal: N slots always busy with the round's mean episode duration")
+    report.print_tables([e2e.detail_table(res.metrics, f"episodes and durations, {res.env_id}")])
+    print(e2e.DETAIL_NOTE)
+    rounds = ", ".join(f"{r['spo_vs_grpo_sync']:.2f}/{r['spo_vs_grpo_group']:.2f}" for r in res.ratios_by_round)
+    same, long = res.prediction["same_horizon"], res.prediction["long_run"]
+    r = res.ratios
+    print(f"SPO / GRPO sync = {r['spo_vs_grpo_sync']:.2f}x, SPO / GRPO group-gated = "
+          f"{r['spo_vs_grpo_group']:.2f}x (episodes/s; per round sync/group: {rounds}); "
+          f"fresh episodes/s: {r['fresh_spo_vs_grpo_sync']:.2f}x / {r['fresh_spo_vs_grpo_group']:.2f}x")
+    print(f"simulator on the GRPO sync run's episode log: {same['spo_vs_grpo_sync']:.2f}x / "
+          f"{same['spo_vs_grpo_group']:.2f}x at this horizon, {long['spo_vs_grpo_sync']:.2f}x / "
+          f"{long['spo_vs_grpo_group']:.2f}x over 200 steps")
+
+
+def _e2e_plot(res, slots: int, out_dir: Path) -> str | None:
+    series = {m: (np.asarray(t), np.asarray(u)) for m, (t, u) in res.timeline.items()}
+    end = max(t[-1] for t, _ in series.values())
+    series["ideal"] = (np.array([0.0, end]), np.ones(2))
+    name = f"utilisation-{res.env_id.replace('/', '_')}.png"
+    title = f"slot utilisation, first round, {res.env_id}, N={slots}"
+    return name if report.plot_utilisation(series, out_dir / name, title) else None
+
+
+def run_e2e(args, out_dir: Path) -> dict:
+    """The end-to-end mode: the real trainer three ways, on envs with injected latency."""
+    from spo_agents.bench import e2e
+
+    t0 = time.perf_counter()
+    cfg = _e2e_config(args)
+    print(f"end-to-end: {len(cfg.env_ids)} env(s) x {cfg.repeats} round(s) x 3 methods, "
+          f"{cfg.steps} steps of {cfg.batch} episodes each; run folders under {out_dir}")
+    results = e2e.run_e2e(cfg, out_dir)
+    plots = []
+    for res in results:
+        _print_e2e(cfg, res)
+        plots.append(_e2e_plot(res, cfg.slots, out_dir))
+    head = results[0]
+    payload = {
+        "bench": "throughput",
+        "mode": "e2e",
+        "e2e_spo_vs_grpo_sync": head.ratios["spo_vs_grpo_sync"],
+        "e2e_spo_vs_grpo_group": head.ratios["spo_vs_grpo_group"],
+        "e2e_fresh_spo_vs_grpo_sync": head.ratios["fresh_spo_vs_grpo_sync"],
+        "e2e_fresh_spo_vs_grpo_group": head.ratios["fresh_spo_vs_grpo_group"],
+        "env": head.env_id,
+        "e2e_by_env": {r.env_id: r.ratios for r in results},
+        "e2e_sim_prediction": head.prediction["same_horizon"],
+        "spo_slot_utilisation": head.metrics["spo"]["slot_utilisation"],
+        "slots": cfg.slots, "batch": cfg.batch, "group": cfg.group, "steps": cfg.steps,
+        "repeats": cfg.repeats, "latency": cfg.latency, "model": cfg.model,
+        "seconds": time.perf_counter() - t0,
+        "out": str(out_dir),
+    }
+    report.write_json(out_dir / "results.json", {"summary": payload, **e2e.results_json(cfg, results),
+                                                  "plots": [p for p in plots if p]})
+    return payload
+
+
+MODES = {"sim": run_sim, "e2e": run_e2e}
 
 
 def run(args) -> int:
     out_dir = Path(args.out) if args.out else report.default_run_dir()
-    payload = MODES[args.mode](args, out_dir)
+    if args.backend == "ray":
+        payload = {"bench": "throughput", "backend": "ray", **run_ray_scaling(args, out=str(out_dir))}
+    else:
+        payload = MODES[args.mode](args, out_dir)
     print(report.json_line(payload))
     return 0
 
@@ -179,9 +288,13 @@ def register_bench(bench_subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[1],
     )
     p.add_argument("--mode", choices=sorted(MODES), default="sim",
-                   help="sim: discrete-event simulation, no model")
+                   help="sim: discrete-event simulation, no model; e2e: the real trainer on CPU (minutes)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: the chosen mode; ray: env throughput vs number of Ray env actors (--ray-*)")
     p.add_argument("--out", default=None,
                    help="run folder (default runs/bench-throughput-<timestamp>)")
     add_sim_arguments(p)
+    add_e2e_arguments(p)
+    add_ray_arguments(p)
     p.set_defaults(func=run)
     return p

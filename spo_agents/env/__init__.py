@@ -11,6 +11,7 @@ Public API (built-in environments use nothing else from spo_agents.env):
 
 from spo_agents.env.answers import extract_last_boxed
 from spo_agents.env.base import DEFAULT_SYSTEM_PROMPT, TextEnv, ToolEnv, truncate_middle
+from spo_agents.env.latency import LatencyWrapper
 from spo_agents.env.parsing import ParsedAction, ToolCall, ToolCallError, parse_tool_calls, strip_tool_calls
 from spo_agents.env.registry import ENTRY_POINT_GROUP, describe_env, load_plugins, registered_ids
 from spo_agents.env.spaces import UnicodeText
@@ -20,6 +21,7 @@ from spo_agents.env.tools import Tool, ToolError, as_tool, tool
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "ENTRY_POINT_GROUP",
+    "LatencyWrapper",
     "ParsedAction",
     "Task",
     "TaskSet",
