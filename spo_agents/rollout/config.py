@@ -40,4 +40,7 @@ class RolloutConfig(pydantic.BaseModel):
     top_k: int = pydantic.Field(0, ge=0, description="top-k sampling (0 = off)")
     max_pending_episodes: int = pydantic.Field(256, ge=1, description="finished episodes buffered for the consumer; "
                                                "slots wait when it is full (bounded memory)")
+    max_unconsumed: int | None = pydantic.Field(None, ge=1, description="admission bound of the streaming modes: "
+                                                "no new episode (or group) starts while this many started episodes "
+                                                "have not been consumed by the learner (`acknowledge`); null = none")
     seed: int = pydantic.Field(0, description="seed for env resets")

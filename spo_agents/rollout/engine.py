@@ -93,6 +93,8 @@ class RolloutEngine:
         self._groups: dict[int, list[Episode]] = {}
         self._slot_tasks: list[asyncio.Task] = []
         self._output: asyncio.Queue | None = None
+        self._started = 0  # episodes begun by the slots (streaming modes)
+        self._consumed = 0  # episodes the consumer acknowledged
         self.stats = EngineStats(started_at=time.monotonic())
 
     # ----- lifecycle ------------------------------------------------------------------------
@@ -156,16 +158,32 @@ class RolloutEngine:
         return results
 
     # ----- slots ----------------------------------------------------------------------------
+    def acknowledge(self, num_episodes: int) -> None:
+        """The consumer has used (trained on or dropped) this many delivered episodes."""
+        self._consumed += num_episodes
+
+    def _admission_open(self) -> bool:
+        bound = self.config.max_unconsumed
+        return bound is None or self._started - self._consumed < bound
+
     async def _next_item(self) -> tuple[str, int | None]:
-        """(task_id, group id or None) for a slot that just became free."""
+        """(task_id, group id or None) for a slot that just became free.
+
+        Members of a group already begun always start (so every group can complete); a new
+        episode or group starts only while the admission bound `max_unconsumed` allows it."""
         while True:
             if self.config.mode is RolloutMode.GROUP and self._pending_group_items:
+                self._started += 1
                 return self._pending_group_items.pop()
+            if not self._admission_open():
+                await asyncio.sleep(0.005)
+                continue
             task_id = self.tasks.next_task()
             if task_id is None:
                 await asyncio.sleep(0.005)
                 continue
             if self.config.mode is RolloutMode.STREAM:
+                self._started += 1
                 return task_id, None
             group = next(self._group_ids)
             self._groups[group] = []

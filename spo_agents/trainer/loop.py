@@ -120,7 +120,12 @@ class Trainer:
         else:
             mode = RolloutMode.GROUP if config.grpo_mode is GRPOMode.GROUP else RolloutMode.BATCH
             tasks = self.uniform
-        rollout = config.rollout.model_copy(update={"mode": mode, "group_size": config.group_size})
+        # Admission bound (as in the throughput simulator): at most N + B episodes started but not
+        # yet consumed by the learner, so a slow learner pauses generation instead of piling up
+        # stale episodes (and unfinished groups).
+        bound = config.rollout.max_unconsumed or config.rollout.num_slots + config.batch_size
+        rollout = config.rollout.model_copy(update={"mode": mode, "group_size": config.group_size,
+                                                    "max_unconsumed": bound})
         return RolloutEngine(config.env_id, self.policy.backend, self.policy.formatter, rollout, tasks,
                              {**config.env_kwargs, "split": "train"})
 
@@ -150,6 +155,7 @@ class Trainer:
             self.spo.on_arrival(item)
             if staleness_weight(item, self.updater.version, config) == 0.0:
                 self.counters["dropped_stale"] += 1
+                engine.acknowledge(1)
                 continue
             if config.spo_update is SPOUpdate.ACCUMULATE:
                 advantage = self.spo.running_advantage(item)
@@ -183,6 +189,7 @@ class Trainer:
         weights = state_dict_for_backend(self.policy.train_model)
         await asyncio.to_thread(self.policy.backend.update_weights, weights, self.updater.version)
         self.step += 1
+        engine.acknowledge(len(batch.episodes))
         metrics.update(batch.metrics)
         metrics.update(self._batch_metrics(batch, engine, time.monotonic() - started))
         if self.config.eval.every_steps and self.step % self.config.eval.every_steps == 0 \

@@ -211,3 +211,40 @@ def test_thousand_concurrent_episodes_bounded_and_accounted():
     assert all(e.error is None and e.reward == 1.0 for e in episodes)
     assert rss_end - rss_mid < 200_000  # KiB: streaming 2000 more episodes does not grow memory much
     assert engine.stats.episodes >= 3000
+
+
+def test_admission_bound_pauses_new_episodes_until_acknowledged():
+    backend = ScriptedBackend(nap_policy)
+    tasks = CycleTasks(["t0", "t1"])
+    config = RolloutConfig(num_slots=4, max_unconsumed=6)
+    engine = RolloutEngine("test/Sleepy-v0", backend, backend.formatter, config, tasks)
+
+    async def go():
+        async with engine:
+            got = [await engine.get() for _ in range(6)]
+            await asyncio.sleep(0.5)
+            started_while_blocked = tasks.index
+            engine.acknowledge(6)
+            got += [await asyncio.wait_for(engine.get(), 10) for _ in range(4)]
+            return got, started_while_blocked
+
+    episodes, started = run(go())
+    assert started == 6  # nothing new began while 6 started episodes were unconsumed
+    assert len(episodes) == 10 and all(e.reward == 1.0 for e in episodes)
+
+
+def test_admission_bound_lets_started_groups_finish():
+    backend = ScriptedBackend(nap_policy)
+    config = RolloutConfig(num_slots=3, mode=RolloutMode.GROUP, group_size=4, max_unconsumed=5)
+    engine = RolloutEngine("test/Sleepy-v0", backend, backend.formatter, config, CycleTasks(["t0", "t1"]))
+
+    async def go():
+        async with engine:
+            first = await asyncio.wait_for(engine.get(), 10)
+            second = await asyncio.wait_for(engine.get(), 10)  # the second group had begun: it completes
+            engine.acknowledge(8)
+            third = await asyncio.wait_for(engine.get(), 10)
+            return first, second, third
+
+    groups = run(go())
+    assert [len(g) for g in groups] == [4, 4, 4]
