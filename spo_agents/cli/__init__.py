@@ -14,6 +14,7 @@ import sys
 
 # Modules with `register(subparsers)`, in the order they appear in --help.
 COMMAND_MODULES = [
+    "spo_agents.cli.sft_cmd",
     "spo_agents.cli.train_cmd",
     "spo_agents.cli.envs_cmd",
     "spo_agents.cli.demo_cmd",
@@ -26,6 +27,7 @@ BENCH_MODULES = [
     "spo_agents.cli.bench_generation",
     "spo_agents.cli.bench_throughput",
     "spo_agents.cli.bench_sandbox",
+    "spo_agents.cli.bench_learning",
 ]
 
 

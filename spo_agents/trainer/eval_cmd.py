@@ -19,7 +19,8 @@ from spo_agents.trainer.parts import build_policy, task_ids
 def _policy_for(spec: str, base_model: str | None):
     """A model spec, or a checkpoint folder holding model.safetensors (base model from its run)."""
     path = Path(spec)
-    if (path / "model.safetensors").exists():
+    # a run checkpoint has model.safetensors and no config.json (a model folder, e.g. sft's, has both)
+    if (path / "model.safetensors").exists() and not (path / "config.json").exists():
         from safetensors.torch import load_file
 
         run_config = path.parent.parent / "config.yaml"

@@ -23,6 +23,7 @@ unchanged, so a training config starts from it with `model: <folder>`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -34,10 +35,11 @@ import gymnasium
 import numpy as np
 import pydantic
 import torch
+from transformers import DynamicCache
 
 from spo_agents.backends.models import LoadedModel, build_tiny_model, build_tiny_tokenizer, load_model
 from spo_agents.chat import ChatFormatter
-from spo_agents.learner.update import microbatches, token_logprobs
+from spo_agents.learner.update import microbatches
 
 SFT_MARKER = "sft.json"
 
@@ -47,11 +49,13 @@ class SFTConfig(pydantic.BaseModel):
 
     model: str = pydantic.Field("tiny", description="base model spec (tiny | smollm2-135m | folder | .gguf)")
     tiny_hidden_size: int = pydantic.Field(128, ge=16, description="hidden size when model is tiny")
-    tiny_layers: int = pydantic.Field(4, ge=1, description="layers when model is tiny")
+    tiny_layers: int = pydantic.Field(2, ge=1, description="layers when model is tiny")
+    tiny_digit_tokens: bool = pydantic.Field(True, description="tiny: split every digit into its own token "
+                                             "(see build_digit_tokenizer)")
     env_id: str = pydantic.Field("spo/Calculator-v0", description="environment with oracle_action()")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1})
-    num_demos: int = pydantic.Field(400, ge=1, description="oracle episodes (distinct train tasks)")
-    steps: int = pydantic.Field(150, ge=1, description="optimiser steps")
+    num_demos: int = pydantic.Field(1000, ge=1, description="oracle episodes (distinct train tasks)")
+    steps: int = pydantic.Field(600, ge=1, description="optimiser steps")
     batch_size: int = pydantic.Field(16, ge=1, description="demonstrations per step")
     lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
     weight_decay: float = pydantic.Field(0.0, ge=0)
@@ -70,10 +74,38 @@ class Demonstration:
     reward: float
 
 
+def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
+    """The tiny preset's tokenizer (same corpus, special and added tokens, chat template), except
+    that every digit is its own token.
+
+    Why: with the preset's BPE, "520" in the problem text is the single token `Ġ520` while the
+    same number inside a tool call is `5`,`20`; copying a number from the problem into the call
+    then means learning a separate token-to-token mapping for every number. With digits split,
+    copying is the same operation for every number, which a small model learns in minutes.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from spo_agents.backends.models import TINY_ADDED_TOKENS, TINY_SPECIAL_TOKENS, _tiny_corpus
+    from spo_agents.chat.formatter import load_template
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(TINY_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_tiny_corpus(seed), trainer=trainer)
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TINY_ADDED_TOKENS])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=load_template("chatml_tools"))
+
+
 def build_base(config: SFTConfig) -> LoadedModel:
     """The model to warm-start: `tiny` at the configured size, otherwise `load_model(spec)`."""
     if config.model == "tiny":
-        tokenizer = build_tiny_tokenizer(seed=config.seed)
+        tokenizer = build_digit_tokenizer(seed=config.seed) if config.tiny_digit_tokens \
+            else build_tiny_tokenizer(seed=config.seed)
         model = build_tiny_model(tokenizer, seed=config.seed, hidden_size=config.tiny_hidden_size,
                                  num_layers=config.tiny_layers, initializer_range=0.02)
         return LoadedModel("tiny", model.to(config.device), tokenizer)
@@ -128,6 +160,44 @@ def demonstrations(formatter: ChatFormatter, env_id: str, env_kwargs: dict[str, 
     return demos
 
 
+def shared_prefix_length(demos: list[Demonstration]) -> int:
+    """Length of the token prefix common to all demos (system prompt and tool schemas), kept
+    strictly before the first assistant token so every loss position stays in the suffix."""
+    first = demos[0].token_ids
+    length = min(len(d.token_ids) for d in demos)
+    for demo in demos[1:]:
+        length = next((i for i in range(length) if demo.token_ids[i] != first[i]), length)
+    first_loss = min(d.loss_mask.index(1) for d in demos)
+    return max(min(length, first_loss - 1), 0)
+
+
+def _suffix_logprobs(model: torch.nn.Module, rows: list[Demonstration], prefix: int, device: str) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for the positions after the shared prefix, shape (B, T_suffix).
+
+    The shared prefix is encoded once, without gradient, and its key/value cache repeated over
+    the batch: the forward pass is exact; only the gradient through the prefix's own
+    representations is dropped (they are the same instructions in every demonstration).
+    """
+    width = max(len(d.token_ids) for d in rows) - prefix
+    suffix = torch.tensor([d.token_ids[prefix:] + [0] * (width - len(d.token_ids) + prefix) for d in rows],
+                          device=device)
+    attention = torch.tensor([[1] * (len(d.token_ids)) + [0] * (width + prefix - len(d.token_ids)) for d in rows],
+                             device=device)
+    positions = torch.arange(prefix, prefix + width, device=device).expand(len(rows), -1)
+    # transformers 5.x renamed the forward argument `past_key_values` to `cache`
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache()
+    if prefix:
+        with torch.no_grad():
+            head = torch.tensor([rows[0].token_ids[:prefix]], device=device)
+            model(input_ids=head, use_cache=True, **{cache_arg: cache})
+        cache.batch_repeat_interleave(len(rows))
+    logits = model(input_ids=suffix, attention_mask=attention, position_ids=positions, use_cache=True,
+                   **{cache_arg: cache}).logits.float()
+    picked = logits[:, :-1].gather(-1, suffix[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits[:, :-1], dim=-1)  # position j predicts suffix token j+1
+
+
 def demonstration_loss(model: torch.nn.Module, demos: list[Demonstration], microbatch_tokens: int,
                        device: str = "cpu", backward: bool = False) -> float:
     """Token-mean cross-entropy of the assistant tokens (backward() on it when asked)."""
@@ -135,13 +205,12 @@ def demonstration_loss(model: torch.nn.Module, demos: list[Demonstration], micro
     loss_sum = 0.0
     for indices in microbatches([len(d.token_ids) for d in demos], microbatch_tokens):
         rows = [demos[i] for i in indices]
-        width = max(len(d.token_ids) for d in rows)
-        ids = torch.tensor([d.token_ids + [0] * (width - len(d.token_ids)) for d in rows], device=device)
-        mask = torch.tensor([d.loss_mask + [0] * (width - len(d.loss_mask)) for d in rows],
+        prefix = shared_prefix_length(rows)
+        logprobs = _suffix_logprobs(model, rows, prefix, device)
+        width = logprobs.shape[1] + 1
+        mask = torch.tensor([d.loss_mask[prefix + 1:] + [0] * (width - len(d.loss_mask) + prefix) for d in rows],
                             dtype=torch.float32, device=device)
-        attention = torch.tensor([[1] * len(d.token_ids) + [0] * (width - len(d.token_ids)) for d in rows],
-                                 device=device)
-        loss = -(token_logprobs(model, ids, attention) * mask).sum() / total_tokens
+        loss = -(logprobs * mask).sum() / total_tokens
         if backward:
             loss.backward()
         loss_sum += float(loss.detach())

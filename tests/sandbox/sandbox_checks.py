@@ -13,6 +13,8 @@ import secrets
 import time
 from pathlib import Path
 
+import sys
+
 import pytest
 
 from spo_agents.sandbox import SandboxConfig, SandboxPool
@@ -29,6 +31,15 @@ TEST_CONFIG = SandboxConfig(num_helpers=2, timeout_s=1.0, memory_mb=512, max_pro
                             uid_base=SandboxConfig().uid_base + 50_000)
 SOLO_CONFIG = TEST_CONFIG.model_copy(update={"num_helpers": 1, "uid_base": TEST_CONFIG.uid_base + 1000})
 HOST_DIRS = ["/tmp", "/var/tmp", "/dev/shm", str(PROJECT_ROOT), "/root", "/etc", "/", os.getcwd()]
+
+# The sandbox puts a private tmpfs over /tmp, /var/tmp and /dev/shm. An interpreter installed
+# under one of them (e.g. a checkout in /tmp) is then hidden from snippets: starting a child
+# Python fails, and the bubblewrap root cannot exec it. Known limitation (docs/sandbox.md).
+MASKED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+INTERPRETER_MASKED = any(path.startswith(d + "/") for d in MASKED_DIRS
+                         for path in (sys.prefix, os.path.realpath(sys.prefix)))
+requires_unmasked_interpreter = pytest.mark.skipif(
+    INTERPRETER_MASKED, reason="the interpreter lives under /tmp, /var/tmp or /dev/shm, which the sandbox masks")
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="UID-based checks need the root (CI) setup")
 

@@ -16,11 +16,13 @@ import time
 import warnings
 
 import pytest
-from sandbox_checks import PROJECT_ROOT, SECRET_VALUE, TEST_CONFIG, run_timed, wait_for
+from sandbox_checks import INTERPRETER_MASKED, PROJECT_ROOT, SECRET_VALUE, TEST_CONFIG, run_timed, wait_for
 
 from spo_agents.sandbox import ExecStatus, IsolationMode, SandboxPool, detect_capabilities
 
-requires_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+requires_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None or INTERPRETER_MASKED,
+                                    reason="bubblewrap is not installed, or the interpreter lives under a "
+                                           "directory the sandbox masks (/tmp, /var/tmp, /dev/shm)")
 
 
 def processes_with(marker: str) -> list[str]:

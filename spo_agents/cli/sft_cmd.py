@@ -1,0 +1,58 @@
+"""`spo-agents sft`: the supervised warm start on oracle tool-use demonstrations.
+
+The first step of the documented CPU pipeline (sft -> train -> eval); see docs/training.md.
+Writes a model folder that `spo-agents train --set model=<folder>` starts from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sft = subparsers.add_parser("sft", help="supervised warm start on oracle demonstrations (train split only)")
+    sft.add_argument("--config", default=None, help="YAML file with SFTConfig fields (see docs/training.md)")
+    sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a field, e.g. --set steps=50 (repeatable)")
+    sft.add_argument("--model", default=None, help="base model spec (default: tiny)")
+    sft.add_argument("--env", default=None, help="environment id (needs oracle_action())")
+    sft.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    sft.add_argument("--output-dir", default=None, help="folder for the warm-started model")
+    sft.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    sft.set_defaults(func=run_sft_command)
+
+
+def load_sft_config(path: str | None, overrides: list[str]):
+    """An SFTConfig from an optional YAML file plus `key=value` overrides (values parsed as YAML)."""
+    import yaml
+
+    from spo_agents.trainer.config import _set_dotted
+    from spo_agents.trainer.sft import SFTConfig
+
+    data = yaml.safe_load(Path(path).read_text()) or {} if path else {}
+    for item in overrides:
+        if "=" not in item:
+            raise SystemExit(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return SFTConfig.model_validate(data)
+
+
+def run_sft_command(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    for flag, key in ((args.model, "model"), (args.env, "env_id"), (args.steps, "steps"),
+                      (args.output_dir, "output_dir")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    config = load_sft_config(args.config, overrides)
+    if args.print_config:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    from spo_agents.trainer.sft import run_sft
+
+    summary = run_sft(config)
+    summary.pop("config")
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,92 @@
+"""`spo-agents sft`: demonstrations laid out as the rollout engine would, loss falls, the trainer loads the result."""
+
+import argparse
+import asyncio
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spo_agents.backends.models import build_tiny_tokenizer
+from spo_agents.chat import ChatFormatter
+from spo_agents.cli import sft_cmd
+from spo_agents.trainer.config import load_config
+from spo_agents.trainer.parts import build_policy, task_ids
+from spo_agents.trainer.sft import SFT_MARKER, SFTConfig, demonstrations, run_sft
+
+ENV = "spo/Calculator-v0"
+SMALL = {"tiny_hidden_size": 32, "tiny_layers": 1, "num_demos": 12, "steps": 8, "batch_size": 4, "lr": 3e-3}
+
+
+def test_demonstrations_are_train_split_oracle_episodes_with_only_assistant_tokens_in_the_loss():
+    formatter = ChatFormatter(build_tiny_tokenizer())
+    demos = demonstrations(formatter, ENV, {"difficulty": 1}, num_demos=5)
+    train, heldout = set(task_ids(ENV, {"difficulty": 1}, "train")), set(task_ids(ENV, {"difficulty": 1}, "heldout"))
+    assert len({d.task_id for d in demos}) == 5
+    assert all(d.task_id in train and d.task_id not in heldout for d in demos)
+    for demo in demos:
+        assert demo.reward == 1.0 and len(demo.token_ids) == len(demo.loss_mask)
+        assistant = formatter.decode([t for t, m in zip(demo.token_ids, demo.loss_mask) if m])
+        assert assistant.startswith('<tool_call>{"name": "calculator"') and assistant.endswith("}.<|im_end|>")
+        assert "\\boxed{" in assistant and "<tool_response>" not in assistant and "user" not in assistant
+        text = formatter.decode(demo.token_ids)
+        assert text.count("<|im_start|>assistant") == 2 and text.endswith("<|im_end|>")
+
+
+def test_sft_lowers_the_demonstration_loss_and_the_trainer_starts_from_its_weights(tmp_path):
+    out = tmp_path / "sft"
+    summary = run_sft(SFTConfig(**SMALL, output_dir=str(out)), log=lambda _: None)
+    assert summary["loss_after"] < summary["loss_before"] - 0.5
+    marker = json.loads((out / SFT_MARKER).read_text())
+    assert marker["base_model"] == "tiny" and marker["demonstrations"] == 12
+    saved = load_file(str(out / "model.safetensors"))
+    policy = build_policy(str(out))
+    try:
+        for name, tensor in policy.train_model.state_dict().items():
+            assert torch.equal(tensor, saved[name]), name
+        assert policy.train_model.config.hidden_size == 32
+        assert policy.formatter.template == ChatFormatter(build_tiny_tokenizer()).template
+    finally:
+        policy.backend.close()
+
+    from spo_agents.trainer.loop import Trainer
+
+    config = load_config(None, [f"model={out}", "env_kwargs={difficulty: 1}", "steps=1", "batch_size=2",
+                                "eval.enabled=false", "rollout.num_slots=2", "rollout.max_tokens_per_turn=8",
+                                "rollout.max_tokens_per_episode=16", f"output_dir={tmp_path / 'run'}"])
+    result = asyncio.run(Trainer(config, show_progress=False).run())
+    assert result["steps"] == 1
+    trained = load_file(str(tmp_path / "run" / "checkpoints" / "step-000001" / "model.safetensors"))
+    assert set(trained) == set(saved) and trained["model.embed_tokens.weight"].shape[1] == 32
+
+
+def test_sft_command_line(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    sft_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["sft", "--steps", "2", "--output-dir", str(tmp_path / "m"), "--set", "num_demos=4",
+                              "--set", "batch_size=2", "--set", "tiny_hidden_size=32", "--set", "tiny_layers=1"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["demonstrations"] == 4
+    assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / SFT_MARKER).exists()
+    with pytest.raises(Exception):
+        sft_cmd.load_sft_config(None, ["no_such_field=1"])
+
+
+def test_shared_prefix_loss_equals_the_full_sequence_loss_and_its_gradient_reaches_the_weights():
+    from spo_agents.learner.update import token_logprobs
+    from spo_agents.trainer.sft import build_base, demonstration_loss, shared_prefix_length
+
+    loaded = build_base(SFTConfig(tiny_hidden_size=32, tiny_layers=2))
+    demos = demonstrations(ChatFormatter(loaded.tokenizer), ENV, {"difficulty": 1}, num_demos=4)
+    prefix = shared_prefix_length(demos)
+    assert 100 < prefix < min(d.loss_mask.index(1) for d in demos)
+    total = sum(sum(d.loss_mask) for d in demos)
+    with torch.no_grad():
+        reference = sum(float(-(token_logprobs(loaded.model, torch.tensor([d.token_ids]),
+                                               torch.ones(1, len(d.token_ids), dtype=torch.long))[0]
+                                * torch.tensor(d.loss_mask, dtype=torch.float32)).sum()) for d in demos) / total
+    loss = demonstration_loss(loaded.model, demos, microbatch_tokens=4096, backward=True)
+    assert loss == pytest.approx(reference, rel=1e-5)
+    assert loaded.model.lm_head.weight.grad is not None and loaded.model.lm_head.weight.grad.abs().sum() > 0
