@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--top-p", type=float, default=0.95)
     ev.add_argument("--slots", type=int, default=16)
     ev.add_argument("--split", default="heldout")
+    ev.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment keyword argument, e.g. --env-arg difficulty=1 (repeatable)")
     ev.add_argument("--json-out", default=None, help="also write the JSON result here")
     ev.set_defaults(func=run_eval)
 

@@ -37,9 +37,13 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= args.k <= 32:
         raise SystemExit("k must be between 1 and 32")
     policy = _policy_for(args.model, args.base_model)
-    ids = sorted(task_ids(args.env, {}, args.split))[: args.tasks]
+    env_kwargs = {}
+    for item in getattr(args, "env_arg", None) or []:
+        key, _, raw = item.partition("=")
+        env_kwargs[key.strip()] = yaml.safe_load(raw)
+    ids = sorted(task_ids(args.env, env_kwargs, args.split))[: args.tasks]
     try:
-        result = asyncio.run(evaluate(policy.backend, policy.formatter, args.env, {"split": args.split}, ids,
+        result = asyncio.run(evaluate(policy.backend, policy.formatter, args.env, {**env_kwargs, "split": args.split}, ids,
                                       samples_per_task=args.k, temperature=args.temperature, top_p=args.top_p,
                                       num_slots=args.slots, ks=[k for k in (1, 2, 4, 8, 16, 32) if k <= args.k]))
     finally:
@@ -50,7 +54,8 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}")
     Console(stderr=True).print(table)
-    payload = {"env": args.env, "model": args.model, "tasks": len(ids), "k": args.k, **result.metrics}
+    payload = {"env": args.env, "env_kwargs": env_kwargs, "model": args.model, "tasks": len(ids), "k": args.k,
+               "first_task": ids[0] if ids else None, **result.metrics}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(payload, indent=2))
     return payload

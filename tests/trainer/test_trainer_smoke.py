@@ -43,9 +43,10 @@ def test_eval_of_a_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(run / "checkpoints" / "step-000003"), "--tasks", "3", "-k", "4",
-                 "--json-out", str(out)]) == 0
+                 "--env-arg", "difficulty=1", "--json-out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["tasks"] == 3 and result["k"] == 4
+    assert result["env_kwargs"] == {"difficulty": 1} and result["first_task"].startswith("calc-L1-")
     for key in ("pass@1", "pass@4", "maj@4", "avg@4"):
         assert 0.0 <= result[key] <= 1.0
     assert result["pass@4"] >= result["pass@1"]
