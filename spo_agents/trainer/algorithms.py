@@ -88,9 +88,10 @@ class SPOAlgorithm:
         metrics.update(_staleness_metrics(episodes, version))
         return Batch(episodes, samples, [float(a) for a in advantages], weights, metrics)
 
-    def after_step(self, episodes: list[Episode], logprob_fn: Callable, version: int) -> dict[str, float]:
-        """Drift -> rho -> tracker update, after the learner step (reference order)."""
-        samples = [e.training_view() for e in episodes]
+    def after_step(self, episodes: list[Episode], samples: list[TrainingSample], logprob_fn: Callable,
+                   version: int) -> dict[str, float]:
+        """Drift -> rho -> tracker update, after the learner step (reference order); `samples` are
+        the episodes' training views (already built for the step)."""
         if self.config.tracker.drift_estimator is DriftEstimator.STORED_EPISODE:
             drifts = self.drift_cache.measure_and_store([e.task_id for e in episodes],
                                                         [s.token_ids for s in samples],

@@ -184,7 +184,7 @@ class Trainer:
         else:
             metrics = await asyncio.to_thread(self.updater.step, batch.samples, batch.advantages, batch.weights)
         if self.config.algo is Algo.SPO:
-            metrics.update(await asyncio.to_thread(self.spo.after_step, batch.episodes, self.updater.logprobs,
+            metrics.update(await asyncio.to_thread(self.spo.after_step, batch.episodes, batch.samples, self.updater.logprobs,
                                                    self.updater.version))
         weights = state_dict_for_backend(self.policy.train_model)
         await asyncio.to_thread(self.policy.backend.update_weights, weights, self.updater.version)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 import engine_test_envs  # noqa: F401  (registers test/ envs in the driver; actors import it by module path)
+from engine_test_envs import CycleTasks
 from spo_agents.rollout.config import RolloutConfig, RolloutMode
 from spo_agents.rollout.engine import RolloutEngine
 from spo_agents.rollout.scripted import ScriptedBackend, product_policy
@@ -16,17 +17,6 @@ from spo_agents.distributed.env_pool import RayEnvPool, bind_pool, pool_for  # n
 from spo_agents.distributed.transport import to_plain  # noqa: E402
 
 
-class CycleTasks:
-    def __init__(self, ids):
-        self.ids, self.index, self.released = list(ids), 0, []
-
-    def next_task(self):
-        task_id = self.ids[self.index % len(self.ids)]
-        self.index += 1
-        return task_id
-
-    def release(self, task_id):
-        self.released.append(task_id)
 
 
 def signature(episode):

@@ -43,5 +43,20 @@ class CrashyEnv(ToolEnv):
         return super().step(action)
 
 
+class CycleTasks:
+    """A task source cycling through ids; records releases (engine and Ray tests)."""
+
+    def __init__(self, ids):
+        self.ids, self.index, self.released = list(ids), 0, []
+
+    def next_task(self):
+        task_id = self.ids[self.index % len(self.ids)]
+        self.index += 1
+        return task_id
+
+    def release(self, task_id):
+        self.released.append(task_id)
+
+
 gymnasium.register(id="test/Sleepy-v0", entry_point="engine_test_envs:make_sleepy_env")
 gymnasium.register(id="test/Crashy-v0", entry_point="engine_test_envs:CrashyEnv")

@@ -11,25 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import engine_test_envs  # noqa: E402,F401  (registers test/ environments)
+from engine_test_envs import CycleTasks  # noqa: E402
 
 from spo_agents.rollout.config import EnvExecutor, RolloutConfig, RolloutMode  # noqa: E402
 from spo_agents.rollout.engine import RolloutEngine  # noqa: E402
 from spo_agents.rollout.scripted import IM_END, ScriptedBackend, product_policy  # noqa: E402
 
 
-class CycleTasks:
-    """A task source cycling through ids; records releases."""
-
-    def __init__(self, ids):
-        self.ids, self.index, self.released = list(ids), 0, []
-
-    def next_task(self):
-        task_id = self.ids[self.index % len(self.ids)]
-        self.index += 1
-        return task_id
-
-    def release(self, task_id):
-        self.released.append(task_id)
 
 
 def nap_policy(turns):
