@@ -14,7 +14,7 @@ import json
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p = bench_subparsers.add_parser("learning", help="SPO vs GRPO learning efficiency (same model, env, "
                                     "episode budget, seeds)")
-    p.add_argument("--config", default="configs/cpu-default.yaml", help="base training config (YAML)")
+    p.add_argument("--config", default="cpu-default", help="base training config (YAML file or preset name)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the base config for both algorithms (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (at least 3 for the bar)")

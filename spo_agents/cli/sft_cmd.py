@@ -32,6 +32,9 @@ def load_sft_config(path: str | None, overrides: list[str]):
     from spo_agents.trainer.sft import SFTConfig
 
     data = yaml.safe_load(Path(path).read_text()) or {} if path else {}
+    # start from the defaults, so `--set env_kwargs.num_tasks=N` adds to the default env_kwargs
+    # instead of replacing them (a file's fields still replace the defaults whole)
+    data = {**SFTConfig().model_dump(mode="json"), **data}
     for item in overrides:
         if "=" not in item:
             raise SystemExit(f"override {item!r} must look like key=value")

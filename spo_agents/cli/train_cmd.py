@@ -7,8 +7,10 @@ import asyncio
 import json
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config file (see configs/)")
+def _config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    parser.add_argument("--config", default=default_config,
+                        help="YAML config file or preset name (cpu-default, grpo-baseline, toolmath-gpu; see configs/)"
+                        + (f"; default: {default_config}" if default_config else ""))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set rollout.num_slots=16 (repeatable)")
     parser.add_argument("--algo", choices=["spo", "grpo"], default=None, help="switch the algorithm")
@@ -28,7 +30,7 @@ def _load(args: argparse.Namespace):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train a policy with SPO (default) or GRPO")
-    _config_args(train)
+    _config_args(train, default_config="cpu-default")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

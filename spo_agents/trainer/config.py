@@ -7,6 +7,7 @@ Overrides use dotted paths: `--set rollout.num_slots=16 --set optim.lr=1e-5`.
 from __future__ import annotations
 
 from enum import Enum
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,33 @@ class EvalConfig(pydantic.BaseModel):
     enabled: bool = pydantic.Field(True, description="run evaluations at all")
 
 
+class SFTConfig(pydantic.BaseModel):
+    """`spo-agents sft`: the supervised warm start on oracle demonstrations (trainer/sft.py)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    model: str = pydantic.Field("tiny", description="base model spec (tiny | smollm2-135m | folder | .gguf)")
+    tiny_hidden_size: int = pydantic.Field(128, ge=16, description="hidden size when model is tiny")
+    tiny_layers: int = pydantic.Field(2, ge=1, description="layers when model is tiny")
+    tiny_digit_tokens: bool = pydantic.Field(True, description="tiny: split every digit into its own token "
+                                             "(see build_digit_tokenizer)")
+    chat_template: str | None = pydantic.Field(
+        None, description="bundled chat template for the demonstrations and the saved model; default: "
+        "chatml_compact for tiny (no system turn or tool schemas), the model's own otherwise")
+    env_id: str = pydantic.Field("spo/Calculator-v0", description="environment with oracle_action()")
+    env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1, "num_tasks": 10000})
+    num_demos: int = pydantic.Field(8000, ge=1, description="oracle episodes (distinct train tasks)")
+    steps: int = pydantic.Field(1200, ge=1, description="optimiser steps")
+    batch_size: int = pydantic.Field(16, ge=1, description="demonstrations per step")
+    lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
+    weight_decay: float = pydantic.Field(0.0, ge=0)
+    grad_clip: float = pydantic.Field(1.0, gt=0)
+    microbatch_tokens: int = pydantic.Field(8192, ge=16)
+    device: str = "cpu"
+    seed: int = 0
+    output_dir: str = pydantic.Field("runs/sft", description="folder for the warm-started model")
+
+
 class TrainConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -83,6 +111,9 @@ class TrainConfig(pydantic.BaseModel):
     value_table: str | None = pydantic.Field(None, description="offline value estimates (JSONL from "
                                              "`spo-agents estimate-values`) to initialise the tracker")
     lora: LoraSettings | None = pydantic.Field(None, description="train LoRA adapters (peft) instead of all weights")
+    warm_start: SFTConfig | None = pydantic.Field(
+        None, description="supervised warm start run into the `model` folder before training unless that folder "
+        "already holds one made with these settings (the `spo-agents sft` settings; output_dir is `model`)")
     rollout: RolloutConfig = pydantic.Field(default_factory=RolloutConfig)
     tracker: TrackerConfig = pydantic.Field(default_factory=TrackerConfig)
     sampler: SamplerConfig = pydantic.Field(default_factory=SamplerConfig)
@@ -110,11 +141,28 @@ def _set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
     data[keys[-1]] = value
 
 
+def preset_names() -> list[str]:
+    """The configs shipped in spo_agents/configs/ (`cpu-default`, `grpo-baseline`, ...)."""
+    folder = resources.files("spo_agents").joinpath("configs")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_text(path_or_preset: str | Path) -> str:
+    """The YAML of a config file, or of a shipped preset named without folder or suffix."""
+    name = str(path_or_preset)
+    if name in preset_names():
+        return resources.files("spo_agents").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file {name!r} and no preset of that name; presets: {preset_names()}")
+    return path.read_text(encoding="utf-8")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """A YAML file (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
+    """A YAML file or preset name (or the defaults) plus `key.sub=value` overrides (values parsed as YAML)."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(config_text(path)) or {}
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")

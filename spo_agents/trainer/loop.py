@@ -31,8 +31,22 @@ from spo_agents.trainer.config import Algo, GRPOMode, SPOUpdate, TrainConfig, du
 from spo_agents.trainer.evaluate import evaluate
 from spo_agents.trainer.metrics import MetricsLogger
 from spo_agents.trainer.parts import build_policy, seed_everything, state_dict_for_backend, task_ids
+from spo_agents.trainer.sft import ensure_warm_start
+from spo_agents.trainer.stats import difference_interval
 from spo_agents.trainer.tasks import PrioritisedTasks, UniformTasks
 from spo_agents.trainer.transcripts import write_transcripts
+
+
+def heldout_gain(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Held-out accuracy before and after training, the gain and its 95% Newcombe interval."""
+    summary: dict[str, Any] = {"accuracy_before": before.get("eval/accuracy"), "accuracy_after": after.get("eval/accuracy")}
+    if before and after:
+        n_before, n_after = int(before["eval/tasks"]), int(after["eval/tasks"])
+        low, high = difference_interval(round(before["eval/accuracy"] * n_before), n_before,
+                                        round(after["eval/accuracy"] * n_after), n_after)
+        summary.update(heldout_tasks=n_after, gain=after["eval/accuracy"] - before["eval/accuracy"],
+                       gain_ci95=[low, high])
+    return summary
 
 
 class Trainer:
@@ -41,6 +55,8 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / "config.yaml")
+        if config.warm_start is not None and not resume:
+            ensure_warm_start(config.model, config.warm_start, log=lambda line: print(line, flush=True))
         seed_everything(config.seed)
         self.policy = build_policy(config.model, config.device, config.seed, lora=config.lora,
                                    generation=config.generation.value, generation_workers=config.generation_workers,
@@ -107,7 +123,7 @@ class Trainer:
         self.checkpoint()
         final_eval = await self.evaluate()
         summary = {"steps": self.step, "wall_s": time.monotonic() - started, **self.counters,
-                   "accuracy_before": first_eval.get("eval/accuracy"), "accuracy_after": final_eval.get("eval/accuracy")}
+                   **heldout_gain(first_eval, final_eval)}
         self.logger.log(self.step, summary, kind="summary")
         self.logger.close()
         self.policy.backend.close()
@@ -222,5 +238,6 @@ class Trainer:
         write_transcripts(self.run_dir / "transcripts" / f"eval-step-{self.step:06d}.md",
                           result.episodes[: config.transcripts], self.policy.formatter)
         metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
+        metrics["eval/tasks"] = float(len(ids))
         self.logger.log(self.step, metrics, kind="eval")
         return metrics

@@ -33,37 +33,15 @@ from typing import Any, Callable
 
 import gymnasium
 import numpy as np
-import pydantic
 import torch
 from transformers import DynamicCache
 
 from spo_agents.backends.models import LoadedModel, build_tiny_model, build_tiny_tokenizer, load_model
 from spo_agents.chat import ChatFormatter
 from spo_agents.learner.update import microbatches
+from spo_agents.trainer.config import SFTConfig
 
 SFT_MARKER = "sft.json"
-
-
-class SFTConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    model: str = pydantic.Field("tiny", description="base model spec (tiny | smollm2-135m | folder | .gguf)")
-    tiny_hidden_size: int = pydantic.Field(128, ge=16, description="hidden size when model is tiny")
-    tiny_layers: int = pydantic.Field(2, ge=1, description="layers when model is tiny")
-    tiny_digit_tokens: bool = pydantic.Field(True, description="tiny: split every digit into its own token "
-                                             "(see build_digit_tokenizer)")
-    env_id: str = pydantic.Field("spo/Calculator-v0", description="environment with oracle_action()")
-    env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1})
-    num_demos: int = pydantic.Field(1000, ge=1, description="oracle episodes (distinct train tasks)")
-    steps: int = pydantic.Field(600, ge=1, description="optimiser steps")
-    batch_size: int = pydantic.Field(16, ge=1, description="demonstrations per step")
-    lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
-    weight_decay: float = pydantic.Field(0.0, ge=0)
-    grad_clip: float = pydantic.Field(1.0, gt=0)
-    microbatch_tokens: int = pydantic.Field(8192, ge=16)
-    device: str = "cpu"
-    seed: int = 0
-    output_dir: str = pydantic.Field("runs/sft", description="folder for the warm-started model")
 
 
 @dataclass
@@ -110,6 +88,14 @@ def build_base(config: SFTConfig) -> LoadedModel:
                                  num_layers=config.tiny_layers, initializer_range=0.02)
         return LoadedModel("tiny", model.to(config.device), tokenizer)
     return load_model(config.model, device=config.device, seed=config.seed)
+
+
+def chat_template_for(config: SFTConfig, loaded: LoadedModel) -> str | None:
+    """The configured template; a from-scratch tiny model gets the compact one (it cannot read a
+    schema, so the ~500 schema and instruction tokens would only dilute its attention)."""
+    if config.chat_template is not None:
+        return config.chat_template
+    return "chatml_compact" if config.model == "tiny" else loaded.tool_template
 
 
 def oracle_demonstration(env: Any, formatter: ChatFormatter, task_id: str) -> Demonstration:
@@ -258,7 +244,7 @@ def run_sft(config: SFTConfig, log: Callable[[str], None] = print) -> dict[str, 
     started = time.monotonic()
     torch.manual_seed(config.seed)
     loaded = build_base(config)
-    formatter = ChatFormatter(loaded.tokenizer, loaded.tool_template)
+    formatter = ChatFormatter(loaded.tokenizer, chat_template_for(config, loaded))
     demos = demonstrations(formatter, config.env_id, config.env_kwargs, config.num_demos, config.seed)
     probe = demos[: min(len(demos), 64)]
     with torch.no_grad():
@@ -276,3 +262,34 @@ def run_sft(config: SFTConfig, log: Callable[[str], None] = print) -> dict[str, 
                "config": config.model_dump(mode="json")}
     save_warm_start(Path(config.output_dir), loaded, formatter, summary)
     return summary
+
+
+def ensure_warm_start(model: str, settings: SFTConfig, log: Callable[[str], None] = print) -> None:
+    """Run the warm start `settings` into the folder `model`, unless it already holds one made
+    with the same settings (its `sft.json`); a folder that is not a warm start is never touched.
+
+    This is how `spo-agents train` with the CPU preset runs the documented pipeline (sft, then
+    RL) in one command; `spo-agents sft` runs the same first stage on its own.
+    """
+    folder = Path(model)
+    wanted = settings.model_copy(update={"output_dir": str(folder)})
+    marker = folder / SFT_MARKER
+    if marker.is_file():
+        done = json.loads(marker.read_text()).get("config", {})
+        if _same_settings(done, wanted.model_dump(mode="json")):
+            log(f"warm start: reusing {folder} (sft.json matches the config's warm_start)")
+            return
+        log(f"warm start: {folder} was made with other settings; running spo-agents sft again")
+    elif folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"model folder {folder} exists but holds no {SFT_MARKER}; it is not a warm start "
+                         "written by spo-agents sft, so it is left alone: remove warm_start or change model")
+    else:
+        log(f"warm start: no model at {folder}; running spo-agents sft first ({wanted.steps} steps)")
+    summary = run_sft(wanted, log)
+    log(f"warm start: done in {summary['wall_s']:.0f} s, demonstration loss "
+        f"{summary['loss_before']:.3f} -> {summary['loss_after']:.3f}")
+
+
+def _same_settings(done: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    ignore = {"output_dir"}
+    return {k: v for k, v in done.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}

@@ -80,9 +80,10 @@ def assert_matches_full_render(fmt, ids, messages, tools, completion_ended):
     assert ids == expected
 
 
+@pytest.mark.parametrize("template", ["chatml_tools", "chatml_compact"])
 @pytest.mark.parametrize("stop_at_tool_close", [False, True], ids=["eot-stop", "tool-close-stop"])
-def test_chatml_tools_episode_is_append_only_and_matches_full_render(tiny_tokenizer, stop_at_tool_close):
-    fmt = ChatFormatter(tiny_tokenizer, "chatml_tools")
+def test_chatml_episode_is_append_only_and_matches_full_render(tiny_tokenizer, stop_at_tool_close, template):
+    fmt = ChatFormatter(tiny_tokenizer, template)
     tool_msgs = [{"role": "tool", "content": "391"}]
     script = [CALL_TEXT, tool_msgs, CALL_TEXT, [{"role": "tool", "content": "391"}, {"role": "tool", "content": "ok"}], "It is 391."]
     snapshots = []
@@ -173,8 +174,20 @@ def test_smollm2_template_with_the_tiny_tokenizer_is_append_only(tiny_tokenizer)
         fmt.initial_prompt_ids(FIRST, [CALCULATOR])
 
 
+def test_chatml_compact_drops_system_turn_and_schemas_but_renders_turns_like_chatml_tools(tiny_tokenizer):
+    compact, full = ChatFormatter(tiny_tokenizer, "chatml_compact"), ChatFormatter(tiny_tokenizer, "chatml_tools")
+    prompt = compact.render(FIRST, [CALCULATOR], add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\n" + FIRST[1]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+    later = [{"role": "assistant", "content": "", "tool_calls": [STRUCTURED_CALL]}, {"role": "tool", "content": "391"},
+             {"role": "assistant", "content": "It is 391."}]
+    compact_turns = compact.render([*FIRST, *later], [CALCULATOR])[len(compact.render(FIRST, [CALCULATOR])):]
+    full_turns = full.render([*FIRST, *later], [CALCULATOR])[len(full.render(FIRST, [CALCULATOR])):]
+    assert compact_turns == full_turns and "<tool_response>\n391\n</tool_response>" in compact_turns
+    assert len(compact.initial_prompt_ids(FIRST, [CALCULATOR])) < len(full.initial_prompt_ids(FIRST, [CALCULATOR])) / 3
+
+
 def test_bundled_templates_and_errors(tiny_tokenizer):
-    assert {"chatml_tools", "qwen3_tools", "smollm2"} <= set(bundled_template_names())
+    assert {"chatml_tools", "chatml_compact", "qwen3_tools", "smollm2"} <= set(bundled_template_names())
     with pytest.raises(ValueError, match="no bundled chat template"):
         load_template("nope")
     with pytest.raises(ValueError, match="neither a bundled template"):

@@ -65,7 +65,7 @@ def test_bench_learning_runs_at_a_tiny_scale(tmp_path, capsys):
 
 
 def test_wilson_and_newcombe_intervals_match_published_values():
-    from spo_agents.trainer.learning_bench import difference_interval, wilson_interval
+    from spo_agents.trainer.stats import difference_interval, wilson_interval
 
     low, high = wilson_interval(81, 263)  # Newcombe (1998), example: 0.2553 to 0.3662
     assert low == pytest.approx(0.2553, abs=1e-4) and high == pytest.approx(0.3662, abs=1e-4)

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from spo_agents.backends.models import build_tiny_tokenizer
-from spo_agents.chat import ChatFormatter
+from spo_agents.chat import ChatFormatter, load_template
 from spo_agents.cli import sft_cmd
 from spo_agents.trainer.config import load_config
 from spo_agents.trainer.parts import build_policy, task_ids
-from spo_agents.trainer.sft import SFT_MARKER, SFTConfig, demonstrations, run_sft
+from spo_agents.trainer.sft import SFT_MARKER, SFTConfig, demonstrations, ensure_warm_start, run_sft
 
 ENV = "spo/Calculator-v0"
 SMALL = {"tiny_hidden_size": 32, "tiny_layers": 1, "num_demos": 12, "steps": 8, "batch_size": 4, "lr": 3e-3}
@@ -46,7 +46,7 @@ def test_sft_lowers_the_demonstration_loss_and_the_trainer_starts_from_its_weigh
         for name, tensor in policy.train_model.state_dict().items():
             assert torch.equal(tensor, saved[name]), name
         assert policy.train_model.config.hidden_size == 32
-        assert policy.formatter.template == ChatFormatter(build_tiny_tokenizer()).template
+        assert policy.formatter.template == load_template("chatml_compact")  # tiny's default, saved with it
     finally:
         policy.backend.close()
 
@@ -90,3 +90,44 @@ def test_shared_prefix_loss_equals_the_full_sequence_loss_and_its_gradient_reach
     loss = demonstration_loss(loaded.model, demos, microbatch_tokens=4096, backward=True)
     assert loss == pytest.approx(reference, rel=1e-5)
     assert loaded.model.lm_head.weight.grad is not None and loaded.model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_sft_overrides_of_a_dict_field_add_to_its_defaults():
+    config = sft_cmd.load_sft_config(None, ["env_kwargs.num_tasks=500"])
+    assert config.env_kwargs == {**SFTConfig().env_kwargs, "num_tasks": 500}
+
+
+def test_warm_start_runs_once_into_the_model_folder_and_reruns_only_when_its_settings_change(tmp_path):
+    folder, lines = tmp_path / "warm", []
+    settings = SFTConfig(**SMALL)
+    ensure_warm_start(str(folder), settings, log=lines.append)
+    marker = folder / SFT_MARKER
+    first = json.loads(marker.read_text())
+    assert first["config"]["output_dir"] == str(folder) and first["steps"] == SMALL["steps"]
+    weights = (folder / "model.safetensors").read_bytes()
+    ensure_warm_start(str(folder), settings, log=lines.append)  # same settings: reused, not retrained
+    assert (folder / "model.safetensors").read_bytes() == weights and "reusing" in lines[-1]
+    ensure_warm_start(str(folder), settings.model_copy(update={"steps": 3}), log=lines.append)
+    assert json.loads(marker.read_text())["steps"] == 3
+    foreign = tmp_path / "someone-elses-model"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a warm start"):
+        ensure_warm_start(str(foreign), settings, log=lines.append)
+    assert (foreign / "config.json").read_text() == "{}"
+
+
+def test_trainer_with_warm_start_config_runs_sft_first(tmp_path):
+    from spo_agents.trainer.loop import Trainer
+
+    model = tmp_path / "warm"
+    warm = ", ".join(f"{k}: {v}" for k, v in SMALL.items())
+    config = load_config(None, [f"model={model}", f"warm_start={{{warm}}}", "env_kwargs={difficulty: 1}", "steps=1",
+                                "batch_size=2", "eval.enabled=false", "rollout.num_slots=2",
+                                "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=16",
+                                f"output_dir={tmp_path / 'run'}"])
+    result = asyncio.run(Trainer(config, show_progress=False).run())
+    assert result["steps"] == 1 and (model / SFT_MARKER).is_file()
+    assert load_file(str(tmp_path / "run" / "checkpoints" / "step-000001" / "model.safetensors"))[
+        "model.embed_tokens.weight"].shape[1] == SMALL["tiny_hidden_size"]
+

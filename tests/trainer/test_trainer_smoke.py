@@ -8,7 +8,8 @@ import pytest
 from spo_agents.cli import main
 from spo_agents.trainer.evaluate import pass_at_k
 
-FAST = ["--set", "steps=3", "--set", "batch_size=4", "--set", "eval.num_tasks=4", "--set", "rollout.num_slots=4",
+# the built-in defaults (untrained tiny model, no warm start) rather than the cpu-default preset
+FAST = ["--set", "model=tiny", "--set", "warm_start=null", "--set", "env_kwargs={}", "--set", "steps=3", "--set", "batch_size=4", "--set", "eval.num_tasks=4", "--set", "rollout.num_slots=4",
         "--set", "rollout.max_tokens_per_turn=16", "--set", "rollout.max_tokens_per_episode=48",
         "--set", "checkpoint_every=2", "--no-progress"]
 
@@ -72,7 +73,16 @@ def test_config_file_and_overrides(tmp_path):
     with pytest.raises(ValueError):
         load_config(None, ["no_such_field=1"])
     for preset in Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"):
-        load_config(preset)
+        assert load_config(preset) == load_config(preset.stem)  # a file path or the shipped preset's name
+    with pytest.raises(FileNotFoundError, match="cpu-default"):
+        load_config("no-such-preset")
+
+
+def test_train_without_arguments_uses_the_cpu_default_preset_with_its_warm_start(capsys):
+    assert main(["train", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["algo"] == "spo" and config["env_id"] == "spo/Calculator-v0" and config["device"] == "cpu"
+    assert config["warm_start"]["model"] == "tiny" and config["model"] == "runs/sft"
 
 
 def test_lora_training_pushes_merged_weights(tmp_path, capsys):
