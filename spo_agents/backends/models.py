@@ -26,7 +26,8 @@ import torch
 
 from spo_agents.chat.formatter import load_template
 
-__all__ = ["LoadedModel", "PRESETS", "load_model", "build_tiny_tokenizer", "build_tiny_model", "smollm2_gguf_path"]
+__all__ = ["LoadedModel", "PRESETS", "load_model", "build_tiny_tokenizer", "build_tiny_model", "smollm2_gguf_path",
+           "tiny_corpus"]
 
 PRESETS = ("tiny", "smollm2-135m")
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -100,7 +101,7 @@ def _load_gguf(path: Path, name: str) -> LoadedModel:
 
 
 # ---------------------------------------------------------------------------- the tiny preset
-def _tiny_corpus(seed: int, num_lines: int = 3000) -> list[str]:
+def tiny_corpus(seed: int, num_lines: int = 3000) -> list[str]:
     """A small deterministic corpus shaped like tool-calling chats, JSON and arithmetic."""
     rng = random.Random(seed)
     words = (
@@ -143,7 +144,7 @@ def _tiny_tokenizer_json(vocab_size: int, seed: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tiny_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(tiny_corpus(seed), trainer=trainer)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TINY_ADDED_TOKENS])
     return tokenizer.to_str()
 

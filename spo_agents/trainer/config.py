@@ -19,6 +19,8 @@ from spo_agents.learner.update import OptimConfig
 from spo_agents.rollout.config import RolloutConfig
 from spo_agents.trainer.lora import LoraSettings
 
+MODEL_PRESETS = ("tiny", "smollm2-135m")  # as spo_agents.backends.models.PRESETS (kept torch-free here)
+
 
 class Algo(str, Enum):
     SPO = "spo"
@@ -57,6 +59,21 @@ class EvalConfig(pydantic.BaseModel):
     enabled: bool = pydantic.Field(True, description="run evaluations at all")
 
 
+class DirectAnswers(pydantic.BaseModel):
+    """Demonstrations that answer at once, without a tool call, on a share of the tasks.
+
+    Models a demonstrator (a person, a chat model) that does "easy-looking" problems in its
+    head: the student imitates the habit but cannot do the arithmetic, so those replies score 0
+    and RL has to learn from the reward that calling the tool pays off on them.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    fraction: float = pydantic.Field(0.0, ge=0, le=1, description="share of the matching tasks answered directly")
+    where: dict[str, Any] = pydantic.Field(default_factory=dict, description="only tasks whose metadata has "
+                                           "these values, e.g. {template: product} (empty: every task)")
+
+
 class SFTConfig(pydantic.BaseModel):
     """`spo-agents sft`: the supervised warm start on oracle demonstrations (trainer/sft.py)."""
 
@@ -73,6 +90,8 @@ class SFTConfig(pydantic.BaseModel):
     env_id: str = pydantic.Field("spo/Calculator-v0", description="environment with oracle_action()")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1, "num_tasks": 10000})
     num_demos: int = pydantic.Field(8000, ge=1, description="oracle episodes (distinct train tasks)")
+    direct_answers: DirectAnswers | None = pydantic.Field(
+        None, description="a demonstrator that sometimes answers without the tool (see DirectAnswers)")
     steps: int = pydantic.Field(1200, ge=1, description="optimiser steps")
     batch_size: int = pydantic.Field(16, ge=1, description="demonstrations per step")
     lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
@@ -131,6 +150,9 @@ class TrainConfig(pydantic.BaseModel):
     def _check(self) -> "TrainConfig":
         if self.algo is Algo.GRPO and self.batch_size % self.group_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size})")
+        if self.warm_start is not None and (self.model in MODEL_PRESETS or self.model.endswith(".gguf")):
+            raise ValueError(f"warm_start writes its model into the folder `model`, but model is {self.model!r}; "
+                             "set model to a folder (e.g. runs/sft) or warm_start to null")
         return self
 
 

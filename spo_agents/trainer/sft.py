@@ -14,6 +14,11 @@ completions stop) and `observation_ids(info["messages"], completion_ids)`. The l
 cross-entropy of the assistant (completion) tokens only; prompts and observations are masked.
 
 Demonstrations come from the *train* split only; held-out tasks are never played here.
+`direct_answers` replaces a share of them by the oracle's final reply given at once, without a
+tool call: a demonstrator that does easy-looking problems in its head, a habit RL must unlearn.
+
+The tiny model is trained with the compact chat template (no system turn or tool schemas,
+which a model trained from scratch cannot read; see docs/architecture.md).
 
 The output folder is a regular transformers model folder (config.json, model.safetensors,
 tokenizer files whose chat template is the one the formatter used) plus `sft.json`, a marker
@@ -24,6 +29,7 @@ unchanged, so a training config starts from it with `model: <folder>`.
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import random
 import time
@@ -39,7 +45,7 @@ from transformers import DynamicCache
 from spo_agents.backends.models import LoadedModel, build_tiny_model, build_tiny_tokenizer, load_model
 from spo_agents.chat import ChatFormatter
 from spo_agents.learner.update import microbatches
-from spo_agents.trainer.config import SFTConfig
+from spo_agents.trainer.config import DirectAnswers, SFTConfig
 
 SFT_MARKER = "sft.json"
 
@@ -64,7 +70,7 @@ def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from spo_agents.backends.models import TINY_ADDED_TOKENS, TINY_SPECIAL_TOKENS, _tiny_corpus
+    from spo_agents.backends.models import TINY_ADDED_TOKENS, TINY_SPECIAL_TOKENS, tiny_corpus
     from spo_agents.chat.formatter import load_template
 
     backend = Tokenizer(models.BPE())
@@ -73,7 +79,7 @@ def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(TINY_SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(_tiny_corpus(seed), trainer=trainer)
+    backend.train_from_iterator(tiny_corpus(seed), trainer=trainer)
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TINY_ADDED_TOKENS])
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=load_template("chatml_tools"))
@@ -98,16 +104,35 @@ def chat_template_for(config: SFTConfig, loaded: LoadedModel) -> str | None:
     return "chatml_compact" if config.model == "tiny" else loaded.tool_template
 
 
-def oracle_demonstration(env: Any, formatter: ChatFormatter, task_id: str) -> Demonstration:
-    """Play the env's scripted policy on one task; tokens exactly as the rollout engine lays them out."""
+def oracle_demonstration(env: Any, formatter: ChatFormatter, task_id: str, direct: bool = False) -> Demonstration:
+    """Play the env's scripted policy on one task; tokens exactly as the rollout engine lays them out.
+
+    `direct=True` demonstrates only the oracle's final reply, as the first turn: the answer
+    given at once, without a tool call (the demonstrator knows it; a small student cannot).
+    """
+    return _demonstrate(env, formatter, task_id, _oracle_actions(env, task_id)[-1:] if direct else None)
+
+
+def _oracle_actions(env: Any, task_id: str) -> list[str]:
+    env.reset(options={"task_id": task_id})
+    actions: list[str] = []
+    while True:
+        actions.append(env.unwrapped.oracle_action())
+        _, _, terminated, truncated, _ = env.step(actions[-1])
+        if terminated or truncated:
+            return actions
+
+
+def _demonstrate(env: Any, formatter: ChatFormatter, task_id: str, actions: list[str] | None) -> Demonstration:
+    """One episode's tokens and loss mask; `actions` None asks the oracle turn by turn."""
     observation, info = env.reset(options={"task_id": task_id})
     messages = [{"role": "user", "content": observation}]
     if info.get("system_prompt"):
         messages.insert(0, {"role": "system", "content": info["system_prompt"]})
     prompt = formatter.initial_prompt_ids(messages, info.get("tools", []))
     token_ids, loss_mask, reward = list(prompt), [0] * len(prompt), 0.0
-    while True:
-        action = env.unwrapped.oracle_action()
+    for turn in itertools.count():
+        action = env.unwrapped.oracle_action() if actions is None else actions[turn]
         completion = formatter.encode(action)
         if not _ends_with_tool_call(formatter, completion) and formatter.end_of_turn_id is not None:
             completion.append(formatter.end_of_turn_id)  # a final reply stops at end-of-turn
@@ -117,9 +142,13 @@ def oracle_demonstration(env: Any, formatter: ChatFormatter, task_id: str) -> De
         reward += float(step_reward)
         if terminated or truncated:
             return Demonstration(task_id, token_ids, loss_mask, reward)
+        if actions is not None and turn == len(actions) - 1:
+            raise ValueError(f"task {task_id}: the episode goes on after the demonstrated actions (a direct "
+                             "answer needs an environment whose final reply ends the episode)")
         observation_ids = formatter.observation_ids(info.get("messages") or [], completion)
         token_ids += observation_ids
         loss_mask += [0] * len(observation_ids)
+    raise AssertionError("unreachable")
 
 
 def _ends_with_tool_call(formatter: ChatFormatter, completion: list[int]) -> bool:
@@ -127,23 +156,34 @@ def _ends_with_tool_call(formatter: ChatFormatter, completion: list[int]) -> boo
 
 
 def demonstrations(formatter: ChatFormatter, env_id: str, env_kwargs: dict[str, Any], num_demos: int,
-                   seed: int = 0) -> list[Demonstration]:
-    """Oracle demonstrations on `num_demos` distinct tasks drawn from the train split (never held-out)."""
+                   seed: int = 0, direct: DirectAnswers | None = None) -> list[Demonstration]:
+    """Oracle demonstrations on `num_demos` distinct tasks drawn from the train split (never
+    held-out); with `direct`, a seeded share of the matching tasks is answered at once."""
     import spo_agents  # noqa: F401  (environment registration)
 
     env = gymnasium.make(env_id, **{**env_kwargs, "split": "train"})
     try:
         if not hasattr(env.unwrapped, "oracle_action"):
             raise ValueError(f"{env_id} has no oracle_action(); sft needs a scripted policy")
-        ids = sorted(env.unwrapped.splits["train"].ids)
-        random.Random(seed).shuffle(ids)
-        demos = [oracle_demonstration(env, formatter, task_id) for task_id in ids[:num_demos]]
+        train = env.unwrapped.splits["train"]
+        ids = sorted(train.ids)
+        rng = random.Random(seed)
+        rng.shuffle(ids)
+        demos = [oracle_demonstration(env, formatter, task_id, _answers_directly(direct, train.get(task_id), rng))
+                 for task_id in ids[:num_demos]]
     finally:
         env.close()
     failed = [d.task_id for d in demos if d.reward < 1.0]
     if failed:
         raise RuntimeError(f"the oracle failed {len(failed)} demonstrations (e.g. {failed[:3]})")
     return demos
+
+
+def _answers_directly(direct: DirectAnswers | None, task: Any, rng: random.Random) -> bool:
+    if direct is None or direct.fraction == 0:
+        return False
+    matches = all(task.metadata.get(key) == value for key, value in direct.where.items())
+    return matches and rng.random() < direct.fraction
 
 
 def shared_prefix_length(demos: list[Demonstration]) -> int:
@@ -245,7 +285,8 @@ def run_sft(config: SFTConfig, log: Callable[[str], None] = print) -> dict[str, 
     torch.manual_seed(config.seed)
     loaded = build_base(config)
     formatter = ChatFormatter(loaded.tokenizer, chat_template_for(config, loaded))
-    demos = demonstrations(formatter, config.env_id, config.env_kwargs, config.num_demos, config.seed)
+    demos = demonstrations(formatter, config.env_id, config.env_kwargs, config.num_demos, config.seed,
+                           config.direct_answers)
     probe = demos[: min(len(demos), 64)]
     with torch.no_grad():
         loss_before = demonstration_loss(loaded.model, probe, config.microbatch_tokens, config.device)

@@ -44,7 +44,7 @@ def test_bench_learning_runs_at_a_tiny_scale(tmp_path, capsys):
     bench_learning.register_bench(parser.add_subparsers())
     out = tmp_path / "bench"
     tiny = ["steps=2", "batch_size=4", "group_size=2", "rollout.num_slots=4", "rollout.max_tokens_per_turn=8",
-            "rollout.max_tokens_per_episode=16", "model=tiny"]
+            "rollout.max_tokens_per_episode=16", "model=tiny", "warm_start=null"]
     config = Path(__file__).resolve().parents[2] / "configs" / "cpu-default.yaml"
     argv = ["learning", "--config", str(config), "--seeds", "0", "1", "--checkpoint-every", "1", "--eval-tasks", "3",
             "--output-dir", str(out)] + [a for item in tiny for a in ("--set", item)]

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import json
 
+import gymnasium
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -131,3 +132,27 @@ def test_trainer_with_warm_start_config_runs_sft_first(tmp_path):
     assert load_file(str(tmp_path / "run" / "checkpoints" / "step-000001" / "model.safetensors"))[
         "model.embed_tokens.weight"].shape[1] == SMALL["tiny_hidden_size"]
 
+
+
+def test_direct_answer_demonstrations_reply_at_once_on_the_matching_tasks_only():
+    from spo_agents.trainer.config import DirectAnswers
+
+    formatter = ChatFormatter(build_tiny_tokenizer(), "chatml_compact")
+    env_kwargs = {"difficulty": 1}
+    product = DirectAnswers(fraction=0.7, where={"template": "product"})
+    mixed = demonstrations(formatter, ENV, env_kwargs, num_demos=80, direct=product)
+    with_tool = {d.task_id: d for d in demonstrations(formatter, ENV, env_kwargs, num_demos=80)}
+    assert [d.task_id for d in mixed] == list(with_tool)  # same tasks; only the strategy differs
+    tasks = gymnasium.make(ENV, **env_kwargs, split="train").unwrapped.splits["train"]
+    direct = [d for d in mixed if "<tool_call>" not in formatter.decode(d.token_ids)]
+    products = [d for d in mixed if tasks.get(d.task_id).metadata["template"] == "product"]
+    assert direct and all(tasks.get(d.task_id).metadata["template"] == "product" for d in direct)
+    assert 0.4 * len(products) <= len(direct) <= 0.95 * len(products)
+    assert all(d.reward == 1.0 for d in mixed)  # the demonstrator's direct answers are right
+    for demo in direct:
+        reply = formatter.decode([t for t, m in zip(demo.token_ids, demo.loss_mask) if m])
+        full = with_tool[demo.task_id]
+        assert formatter.decode([t for t, m in zip(full.token_ids, full.loss_mask) if m]).endswith(reply)
+        assert "\\boxed{" in reply and formatter.decode(demo.token_ids).count("<|im_start|>assistant") == 1
+    everything = demonstrations(formatter, ENV, env_kwargs, num_demos=5, direct=DirectAnswers(fraction=1.0))
+    assert all("<tool_call>" not in formatter.decode(d.token_ids) for d in everything)

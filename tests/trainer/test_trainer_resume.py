@@ -13,7 +13,7 @@ from spo_agents.trainer.checkpoint import latest_checkpoint
 from spo_agents.trainer.config import load_config
 from spo_agents.trainer.loop import Trainer
 
-ARGS = ["steps=200", "batch_size=4", "checkpoint_every=1", "eval.enabled=false", "rollout.num_slots=4",
+ARGS = ["model=tiny", "warm_start=null", "env_kwargs={}", "steps=200", "batch_size=4", "checkpoint_every=1", "eval.enabled=false", "rollout.num_slots=4",
         "rollout.max_tokens_per_turn=12", "rollout.max_tokens_per_episode=40", "optim.lr=1e-3"]
 
 

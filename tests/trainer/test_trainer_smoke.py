@@ -76,6 +76,12 @@ def test_config_file_and_overrides(tmp_path):
         assert load_config(preset) == load_config(preset.stem)  # a file path or the shipped preset's name
     with pytest.raises(FileNotFoundError, match="cpu-default"):
         load_config("no-such-preset")
+    with pytest.raises(ValueError, match="warm_start writes its model"):
+        load_config("cpu-default", ["model=tiny"])
+    from spo_agents.backends.models import PRESETS
+    from spo_agents.trainer.config import MODEL_PRESETS
+
+    assert MODEL_PRESETS == PRESETS
 
 
 def test_train_without_arguments_uses_the_cpu_default_preset_with_its_warm_start(capsys):
@@ -125,3 +131,25 @@ def test_merged_state_dict_matches_plain_model_names_and_values():
     base_name = "base_model.model." + name.replace("q_proj.weight", "q_proj.base_layer.weight")
     # (float rounding of merge + unmerge only)
     torch.testing.assert_close(wrapped.state_dict()[base_name], plain.state_dict()[name], rtol=0, atol=1e-6)
+
+
+def test_the_default_pipeline_runs_its_warm_start_then_trains_and_reports_the_gain(tmp_path, capsys):
+    """`spo-agents train` on the cpu-default preset, shrunk: warm start into `model`, SPO, summary."""
+    model, run = tmp_path / "sft", tmp_path / "run"
+    shrink = [f"model={model}", "warm_start.num_demos=16", "warm_start.steps=4", "warm_start.batch_size=4",
+              "warm_start.tiny_hidden_size=32", "warm_start.tiny_layers=1", "steps=2", "batch_size=4",
+              "rollout.num_slots=4", "rollout.max_tokens_per_turn=16", "rollout.max_tokens_per_episode=48",
+              "eval.num_tasks=5", "eval.every_steps=0"]
+    argv = ["train", "--output-dir", str(run), "--no-progress"] + [a for item in shrink for a in ("--set", item)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "warm start: no model at" in out and (model / "sft.json").is_file()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["heldout_tasks"] == 5
+    assert summary["gain"] == pytest.approx(summary["accuracy_after"] - summary["accuracy_before"])
+    low, high = summary["gain_ci95"]
+    assert -1.0 <= low <= summary["gain"] <= high <= 1.0
+    sft_marker = json.loads((model / "sft.json").read_text())
+    assert sft_marker["config"]["direct_answers"] == {"fraction": 0.7, "where": {"template": "product"}}
+    assert main(argv[:2] + [str(tmp_path / "run2")] + argv[3:]) == 0  # a second run reuses the warm start
+    assert "warm start: reusing" in capsys.readouterr().out
