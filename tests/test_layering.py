@@ -53,7 +53,8 @@ def test_builtin_envs_use_only_the_public_kit():
 @pytest.mark.parametrize(
     "package, forbidden",
     [
-        ("env", ["spo_agents.learner", "spo_agents.rollout", "spo_agents.backends", "spo_agents.trainer", "torch"]),
+        ("env", ["spo_agents.learner", "spo_agents.rollout", "spo_agents.backends", "spo_agents.trainer",
+                 "spo_agents.bench", "torch"]),
         ("learner", ["spo_agents.env", "spo_agents.backends", "spo_agents.rollout.engine", "spo_env_", "gymnasium"]),
         ("rollout", ["spo_env_", "spo_agents.learner"]),
         ("backends", ["spo_agents.learner", "spo_agents.env", "spo_env_"]),

@@ -52,7 +52,7 @@ import gymnasium
 import numpy as np
 from rich.table import Table
 
-from spo_agents.bench.latency import Beta, parse_distribution
+from spo_agents.distributions import Beta, parse_distribution
 from spo_agents.bench.report import METHOD_LABELS
 from spo_agents.bench.simulator import SimConfig, Workload, compare, read_episode_log
 from spo_agents.env.latency import LATENCY_ENV_ID

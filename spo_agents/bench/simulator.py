@@ -43,7 +43,7 @@ from typing import Protocol
 
 import numpy as np
 
-from spo_agents.bench.latency import Beta, Constant, Distribution, LogNormal
+from spo_agents.distributions import Beta, Constant, Distribution, LogNormal
 
 METHODS = ("grpo_sync", "grpo_group", "spo", "ideal")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from spo_agents.bench import report
-from spo_agents.bench.latency import describe, parse_distribution
+from spo_agents.distributions import describe, parse_distribution
 from spo_agents.bench.simulator import (
     PAPER_READING,
     PAPER_READINGS,

@@ -5,7 +5,7 @@ from heavy-tailed episode durations, and real agent tools (web search, sandboxes
 graders) have heavy-tailed latency that the built-in environments, running in-process in
 microseconds, do not. `LatencyWrapper` restores it for benchmarks and load tests: before each
 `step` it sleeps a time drawn from a configurable distribution (log-normal by median and sigma,
-Pareto, constant or empirical; the specs of `spo_agents.bench.latency.parse_distribution`).
+Pareto, constant or empirical; the specs of `spo_agents.distributions.parse_distribution`).
 
 Reproducibility: the delay of turn t of an episode depends only on (wrapper seed, the seed the
 episode was reset with, t). The rollout engine resets episode k (in start order) with seed
@@ -44,7 +44,7 @@ from typing import Any, Callable
 import gymnasium
 import numpy as np
 
-from spo_agents.bench.latency import Distribution, parse_distribution
+from spo_agents.distributions import Distribution, parse_distribution
 
 LATENCY_ENV_ID = "spo-wrappers/WithLatency-v0"
 DEFAULT_LATENCY = "lognormal:median=0.2,sigma=1.0"

@@ -16,7 +16,7 @@ import torch
 from fastapi import FastAPI
 
 from spo_agents.backends import Backend, FinishReason, SamplingParams
-from spo_agents.backends.models import build_tiny_model, build_tiny_tokenizer
+from spo_agents.backends.models import build_tiny_model
 from spo_agents.backends.openai_client import (
     BackendHTTPError,
     BackendProtocolError,
@@ -30,16 +30,6 @@ from spo_agents.chat import ChatFormatter
 from spo_agents.serve import ServerThread, create_app
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=())
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(tokenizer, seed=0)
 
 
 @pytest.fixture(scope="module")

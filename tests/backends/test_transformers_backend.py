@@ -8,22 +8,12 @@ import pytest
 import torch
 
 from spo_agents.backends import Backend, BackendClosedError, FinishReason, SamplingParams
-from spo_agents.backends.models import build_tiny_model, build_tiny_tokenizer
+from spo_agents.backends.models import build_tiny_model
 from spo_agents.backends.transformers_backend import TransformersBackend
 from spo_agents.chat import ChatFormatter
 from spo_agents.rollout import Episode, Turn
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24, stop_token_ids=())
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(tokenizer, seed=0)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from spo_agents.bench.latency import (
+from spo_agents.distributions import (
     Beta,
     Constant,
     Empirical,

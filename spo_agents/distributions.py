@@ -1,4 +1,7 @@
-"""Latency distributions for the throughput simulator.
+"""Latency distributions for the throughput simulator and the latency wrapper.
+
+A top-level module (numpy only) because two layers use it: the benchmarks and the
+environment kit's `LatencyWrapper`, which must not import the benchmarks.
 
 Why: the throughput gain of SPO over GRPO depends on how heavy the tail of episode durations
 is, so the simulator takes each ingredient of an episode's duration (turns, tokens per turn,
