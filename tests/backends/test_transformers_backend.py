@@ -114,26 +114,11 @@ def test_stop_token_and_stop_string_and_tool_call(backend, tokenizer):
     assert by_string.token_ids == free.token_ids[: len(by_string.token_ids)]
 
 
-class ScriptedToolCloser(torch.nn.Module):
-    """The tiny model, except that `</tool_call>` wins once the sequence reaches `position`."""
-
-    def __init__(self, inner, tool_close_id, position):
-        super().__init__()
-        self.inner, self.config, self.tool_close_id, self.position = inner, inner.config, tool_close_id, position
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True, logits_to_keep=0):
-        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
-        reached_B = position_ids[:, -1] >= self.position
-        out.logits[reached_B, -1, self.tool_close_id] += 1000.0
-        return out
-
-
-def test_stops_right_after_tool_call_close(model, tokenizer):
+def test_stops_right_after_tool_call_close(model, tokenizer, scripted_tool_closer):
     fmt = ChatFormatter(tokenizer)
     tool_close = tokenizer.convert_tokens_to_ids("</tool_call>")
     prompt = fmt.initial_prompt_ids([{"role": "user", "content": "Multiply 17 by 23."}])
-    scripted = ScriptedToolCloser(model, tool_close, position=len(prompt) + 5)  # 7th completion token
+    scripted = scripted_tool_closer(model, tool_close, position=len(prompt) + 5)  # 7th completion token
     with TransformersBackend(scripted, tokenizer) as be:
         for stop_ids in (fmt.stop_token_ids, ()):  # matched as a stop token, then as a stop string
             params = SamplingParams(temperature=0.0, max_new_tokens=50, stop_token_ids=stop_ids, stop_strings=fmt.stop_strings)
