@@ -175,8 +175,12 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     initializer_range: float = 0.1,
+    tie_word_embeddings: bool = False,
 ) -> Any:
     """A random-weight Llama sized to `tokenizer`, identical for identical seeds.
+
+    `tie_word_embeddings=True` shares one matrix between the input embeddings and the LM head,
+    as SmolLM2, small Qwen2.5/Qwen3 and Llama-3.2 models do (checkpoints must keep the tie).
 
     `initializer_range` is larger than usual so the random model's next-token distributions are
     peaked enough that greedy decoding has clear winners (useful for exactness tests).
@@ -192,7 +196,7 @@ def build_tiny_model(
         num_key_value_heads=2,
         max_position_embeddings=4096,
         initializer_range=initializer_range,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

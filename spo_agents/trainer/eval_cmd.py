@@ -12,24 +12,34 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from spo_agents.trainer.checkpoint import load_weights
 from spo_agents.trainer.evaluate import evaluate
-from spo_agents.trainer.parts import build_policy, task_ids
+from spo_agents.trainer.lora import LoraSettings
+from spo_agents.trainer.parts import PolicyParts, build_policy, state_dict_for_backend, task_ids
 
 
-def _policy_for(spec: str, base_model: str | None):
+def policy_for_checkpoint(path: Path, base_model: str | None = None) -> PolicyParts:
+    """The policy of a run's checkpoint folder: its base model (from the run's config.yaml
+    unless `base_model` is given), LoRA-wrapped as the run was, with the checkpoint's weights
+    loaded (tied embeddings stay tied) and pushed, adapters merged, to the backend."""
+    run_config = yaml.safe_load((path.parent.parent / "config.yaml").read_text()) \
+        if (path.parent.parent / "config.yaml").is_file() else {}
+    base = base_model or run_config.get("model")
+    if not base:
+        raise SystemExit(f"{path} is a checkpoint without its run's config.yaml; pass --base-model")
+    lora = run_config.get("lora")
+    policy = build_policy(base, lora=LoraSettings(**lora) if lora else None)
+    load_weights(path, policy.train_model)
+    policy.backend.update_weights(state_dict_for_backend(policy.train_model), version=1)
+    return policy
+
+
+def _policy_for(spec: str, base_model: str | None) -> PolicyParts:
     """A model spec, or a checkpoint folder holding model.safetensors (base model from its run)."""
     path = Path(spec)
     # a run checkpoint has model.safetensors and no config.json (a model folder, e.g. sft's, has both)
     if (path / "model.safetensors").exists() and not (path / "config.json").exists():
-        from safetensors.torch import load_file
-
-        run_config = path.parent.parent / "config.yaml"
-        base = base_model or yaml.safe_load(run_config.read_text())["model"]
-        policy = build_policy(base)
-        weights = load_file(str(path / "model.safetensors"))
-        policy.train_model.load_state_dict(weights, strict=False)
-        policy.backend.update_weights(weights, version=1)
-        return policy
+        return policy_for_checkpoint(path, base_model)
     return build_policy(spec)
 
 
