@@ -6,6 +6,8 @@
 - The learner never imports an environment, the environment kit or a backend.
 - Rollout and learning code never import an environment module (spo_env_*).
 - Backends never import the learner.
+- Rollout never imports a higher layer (trainer, distributed, bench, cli), not even lazily inside
+  a function: executors that live above it register themselves (spo_agents.rollout.executors).
 """
 
 import ast
@@ -56,7 +58,8 @@ def test_builtin_envs_use_only_the_public_kit():
         ("env", ["spo_agents.learner", "spo_agents.rollout", "spo_agents.backends", "spo_agents.trainer",
                  "spo_agents.bench", "torch"]),
         ("learner", ["spo_agents.env", "spo_agents.backends", "spo_agents.rollout.engine", "spo_env_", "gymnasium"]),
-        ("rollout", ["spo_env_", "spo_agents.learner"]),
+        ("rollout", ["spo_env_", "spo_agents.learner", "spo_agents.trainer", "spo_agents.distributed",
+                     "spo_agents.bench", "spo_agents.cli", "spo_agents.serve", "ray"]),
         ("backends", ["spo_agents.learner", "spo_agents.env", "spo_env_"]),
         ("grading", ["spo_agents.learner", "spo_agents.rollout", "spo_agents.backends", "torch"]),
         ("sandbox", ["spo_agents.learner", "spo_agents.rollout", "spo_agents.backends", "torch"]),
@@ -77,3 +80,16 @@ def test_no_environment_module_imported_outside_envs_and_cli():
     framework = [p for p in files_under("spo_agents") if "cli" not in p.parts]
     hits = [f"{p.relative_to(ROOT)}" for p in framework for m in imported_modules(p) if m.startswith("spo_env_")]
     assert hits == []
+
+
+def test_the_rollout_layer_names_no_higher_module_even_as_a_string():
+    """`importlib.import_module("spo_agents.distributed...")` would dodge the import check above."""
+    hits = [f"{p.relative_to(ROOT)}" for p in files_under("spo_agents", "rollout")
+            if any(name in p.read_text(encoding="utf-8") for name in ("spo_agents.distributed", "spo_agents.trainer"))]
+    assert hits == []
+
+
+def test_the_ray_executor_is_registered_by_the_composition_root_and_loaded_on_use():
+    from spo_agents.rollout.executors import env_executor_names
+
+    assert {"thread", "process", "ray"} <= set(env_executor_names())

@@ -28,9 +28,11 @@ The GRPO sync run's episode log (with its learner step time) is then fed to the 
 (`read_episode_log`), which predicts the same ratios: a check of the simulator against the
 measurement, and the prediction a GRPO user would make before switching.
 
-Instrumentation subclasses `Trainer` (`_engine`, `_learner_step`) and `RolloutEngine`
-(`_run_episode`), private hooks: the training loop itself is untouched. This module imports
-torch through the trainer, so only `--mode e2e` imports it.
+Instrumentation uses the trainer's public callbacks (`on_start`: the engine starts, `on_batch`:
+a batch is ready) and its `engine_factory`, which builds an engine subclass that times every
+episode around `RolloutEngine._run_episode` (running episodes included, which no finished
+`Episode` can tell). The training loop itself is untouched. This module imports torch through
+the trainer, so only `--mode e2e` imports it.
 
 Left out: GPUs, several learner processes, and trained models (a random `tiny` model ends
 almost every episode at its first reply, so turns per episode stay near 1 even in the
@@ -57,6 +59,7 @@ from spo_agents.bench.report import METHOD_LABELS
 from spo_agents.bench.simulator import SimConfig, Workload, compare, read_episode_log
 from spo_agents.env.latency import LATENCY_ENV_ID
 from spo_agents.rollout.engine import RolloutEngine
+from spo_agents.trainer.callbacks import TrainerCallback
 from spo_agents.trainer.config import TrainConfig, load_config
 from spo_agents.trainer.loop import Trainer
 from spo_agents.trainer.metrics import read_metrics
@@ -131,7 +134,7 @@ def train_config(cfg: E2EConfig, env_id: str, method: str, run_dir: Path) -> Tra
 
 
 # ----- instrumentation --------------------------------------------------------------------------
-class _TimedEngine(RolloutEngine):
+class TimedEngine(RolloutEngine):
     """The rollout engine, recording when each episode started and finished."""
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -151,26 +154,22 @@ class _TimedEngine(RolloutEngine):
         return episode
 
 
-class MeasuredTrainer(Trainer):
-    """`Trainer` plus the measurements above; the training loop is the parent's."""
+class Measurement(TrainerCallback):
+    """The measurements above, taken through the trainer's callbacks; the training loop is the trainer's."""
 
-    def __init__(self, config: TrainConfig):
-        super().__init__(config, show_progress=False)
-        self.engine: _TimedEngine | None = None
+    def __init__(self) -> None:
+        self.engine: TimedEngine | None = None
         self.t0 = 0.0
         self.ready: list[float] = []
         self.totals = {"trained": 0, "fresh": 0, "useful": 0, "tokens": 0, "turns": 0}
         self.end: dict[str, Any] | None = None
 
-    def _engine(self) -> RolloutEngine:
-        base = super()._engine()  # the parent decides mode, task source and kwargs
-        base.close()
-        self.engine = _TimedEngine(base.env_id, base.backend, base.formatter, base.config, base.tasks,
-                                   base.env_kwargs)
-        self.t0 = time.monotonic()
-        return self.engine
+    def on_start(self, trainer: Trainer, engine: RolloutEngine) -> None:
+        if not isinstance(engine, TimedEngine):
+            raise TypeError("Measurement needs the trainer's engine_factory to be TimedEngine")
+        self.engine, self.t0 = engine, time.monotonic()
 
-    async def _learner_step(self, batch, engine) -> None:
+    def on_batch(self, trainer: Trainer, batch) -> None:
         now = time.monotonic()
         self.ready.append(now - self.t0)
         self.totals["trained"] += len(batch.episodes)
@@ -179,15 +178,14 @@ class MeasuredTrainer(Trainer):
                                      if w > 0 and abs(a) > _ZERO_ADVANTAGE)
         self.totals["tokens"] += sum(e.num_completion_tokens for e in batch.episodes)
         self.totals["turns"] += sum(len(e.turns) for e in batch.episodes)
-        if self.step + 1 >= self.config.steps:  # the learner takes its last batch: the run's end
-            self.end = self._snapshot(now)
-        await super()._learner_step(batch, engine)
+        if trainer.step + 1 >= trainer.config.steps:  # the learner takes its last batch: the run's end
+            self.end = self._snapshot(now, trainer.counters)
 
-    def _snapshot(self, now: float) -> dict[str, Any]:
+    def _snapshot(self, now: float, counters: dict[str, float]) -> dict[str, Any]:
         intervals = [*self.engine.finished, *((s, now) for s in self.engine.running.values())]
         rel = [(max(s, self.t0) - self.t0, min(e, now) - self.t0) for s, e in intervals if s < now]
         durations = [e - s for s, e in self.engine.finished]
-        return {"wall_s": now - self.t0, "intervals": rel, "counters": dict(self.counters),
+        return {"wall_s": now - self.t0, "intervals": rel, "counters": dict(counters),
                 "episodes_finished": len(self.engine.finished), "durations": durations}
 
 
@@ -212,14 +210,16 @@ class RunRecord:
 
 
 def run_method(cfg: E2EConfig, env_id: str, method: str, round_: int, run_dir: Path) -> RunRecord:
-    trainer = MeasuredTrainer(train_config(cfg, env_id, method, run_dir))
+    measure = Measurement()
+    trainer = Trainer(train_config(cfg, env_id, method, run_dir), show_progress=False, callbacks=[measure],
+                      engine_factory=TimedEngine)
     asyncio.run(trainer.run())
-    if trainer.end is None:
+    if measure.end is None:
         raise RuntimeError(f"{method} on {env_id} finished without taking its last batch")
     train = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
-    end = trainer.end
+    end = measure.end
     return RunRecord(
-        method, env_id, round_, str(run_dir), end["wall_s"], trainer.ready, dict(trainer.totals),
+        method, env_id, round_, str(run_dir), end["wall_s"], measure.ready, dict(measure.totals),
         end["intervals"], end["durations"], end["episodes_finished"], end["counters"],
         float(np.mean([r["staleness/mean"] for r in train])), float(max(r["staleness/max"] for r in train)),
         float(np.median([r["learner/step_s"] for r in train])),

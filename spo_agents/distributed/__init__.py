@@ -3,8 +3,8 @@
 Why a separate package: Ray and torch.distributed are optional. `import ray` happens only in
 this package, and its modules are loaded on first attribute access, so importing
 `spo_agents.distributed` costs nothing and the in-process path never needs Ray. The rollout
-engine reaches it only through `RolloutConfig(env_executor="ray")`, which imports
-`spo_agents.distributed.env_pool` lazily.
+engine never imports it: `spo_agents/__init__.py` registers the `ray` env executor by module path
+(`spo_agents.rollout.executors`), imported when a run sets `RolloutConfig(env_executor="ray")`.
 
 - `RayEnvPool`, `RayEnvRunner`, `EnvWorker`, `bind_pool` (env_pool): environments in Ray actors;
 - `RayGenerationBackend`, `GenerationSpec`, `GenerationWorker` (generation): the Backend protocol

@@ -23,7 +23,7 @@ Faults, never a hang:
 - an exception inside the env comes back as a `RemoteEnvError` (a RuntimeError) named like the
   original and ends one episode with the same error text as the thread executor.
 
-`engine_runner(engine, slot)` is what `RolloutEngine._runner` calls for `env_executor="ray"`:
+`engine_runner(engine, slot)` is the `ray` env executor (registered by name in `spo_agents/__init__.py`):
 it makes one pool per engine (`env_workers` actors, default min(num_slots, cluster CPUs)) that
 is shut down when the engine closes its runners (or, failing that, when the engine is garbage
 collected); `bind_pool(engine, pool)` supplies your own.

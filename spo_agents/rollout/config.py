@@ -6,6 +6,8 @@ from enum import Enum
 
 import pydantic
 
+from spo_agents.rollout.executors import env_executor_names
+
 
 class RolloutMode(str, Enum):
     STREAM = "stream"  # any finished episode is delivered at once (SPO)
@@ -14,9 +16,10 @@ class RolloutMode(str, Enum):
 
 
 class EnvExecutor(str, Enum):
+    """The executors built into the rollout layer; others register by name (`executors.py`)."""
+
     THREAD = "thread"  # env.reset/step in a thread pool: cheap, shares the process
     PROCESS = "process"  # each slot's env lives in its own process: isolates CPU-heavy or crashy envs
-    RAY = "ray"  # envs live in Ray actors (env_workers of them) across a cluster: spo_agents.distributed
 
 
 class RolloutConfig(pydantic.BaseModel):
@@ -31,8 +34,8 @@ class RolloutConfig(pydantic.BaseModel):
     max_context_tokens: int = pydantic.Field(8192, ge=16, description="cap on the full token sequence of an episode")
     episode_timeout_s: float = pydantic.Field(600.0, gt=0, description="wall-clock limit of one episode")
     env_step_timeout_s: float = pydantic.Field(120.0, gt=0, description="wall-clock limit of one env.reset/step")
-    env_executor: EnvExecutor = pydantic.Field(EnvExecutor.THREAD,
-                                               description="where env.step runs: thread | process | ray")
+    env_executor: str = pydantic.Field(EnvExecutor.THREAD.value, description="where env.step runs: thread | "
+                                       "process | a registered executor (ray: Ray actors)")
     env_workers: int | None = pydantic.Field(None, description="threads for env calls (default: num_slots); with "
                                              "ray: env actors (default: min(num_slots, cluster CPUs))")
     temperature: float = pydantic.Field(1.0, ge=0, description="sampling temperature (0 = greedy)")
@@ -44,3 +47,11 @@ class RolloutConfig(pydantic.BaseModel):
                                                 "no new episode (or group) starts while this many started episodes "
                                                 "have not been consumed by the learner (`acknowledge`); null = none")
     seed: int = pydantic.Field(0, description="seed for env resets")
+
+    @pydantic.field_validator("env_executor", mode="before")
+    @classmethod
+    def _registered_executor(cls, value: object) -> str:
+        name = value.value if isinstance(value, Enum) else value
+        if name not in env_executor_names():
+            raise ValueError(f"unknown env executor {name!r}; registered: {env_executor_names()}")
+        return name

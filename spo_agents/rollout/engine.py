@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spo_agents.backends.base import Backend, FinishReason, SamplingParams
-from spo_agents.rollout.config import EnvExecutor, RolloutConfig, RolloutMode
-from spo_agents.rollout.env_runner import EnvCrashed, EnvTimeout, ProcessEnvRunner, ThreadEnvRunner
+from spo_agents.rollout.config import RolloutConfig, RolloutMode
+from spo_agents.rollout.env_runner import EnvCrashed, EnvTimeout
+from spo_agents.rollout.executors import EnvRunner, RunnerFactory, env_executor
 from spo_agents.rollout.episode import Episode, Turn
 
 
@@ -79,14 +80,20 @@ class EngineStats:
 
 
 class RolloutEngine:
-    """Plays episodes of one environment with one backend in N slots."""
+    """Plays episodes of one environment with one backend in N slots.
+
+    Each slot's environment runs where `config.env_executor` (a registered name, see
+    `executors.py`) puts it, unless `runner_factory` `(engine, slot) -> runner` is given.
+    """
 
     def __init__(self, env_id: str, backend: Backend, formatter: Formatter, config: RolloutConfig,
-                 tasks: TaskSource | None = None, env_kwargs: dict[str, Any] | None = None):
+                 tasks: TaskSource | None = None, env_kwargs: dict[str, Any] | None = None,
+                 runner_factory: RunnerFactory | None = None):
         self.env_id, self.backend, self.formatter, self.config = env_id, backend, formatter, config
         self.tasks, self.env_kwargs = tasks, dict(env_kwargs or {})
-        self._pool = ThreadPoolExecutor(config.env_workers or config.num_slots, thread_name_prefix="spo-env")
-        self._runners: dict[int, ThreadEnvRunner | ProcessEnvRunner] = {}
+        self.runner_factory = runner_factory or env_executor(config.env_executor)
+        self.thread_pool = ThreadPoolExecutor(config.env_workers or config.num_slots, thread_name_prefix="spo-env")
+        self._runners: dict[int, EnvRunner] = {}
         self._reset_seeds = itertools.count(config.seed)
         self._group_ids = itertools.count()
         self._pending_group_items: list[tuple[str, int]] = []
@@ -118,7 +125,7 @@ class RolloutEngine:
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.thread_pool.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> "RolloutEngine":
         if self.config.mode is not RolloutMode.BATCH:
@@ -204,14 +211,9 @@ class RolloutEngine:
                 self.tasks.release(task_id)
                 await self._output.put(members)
 
-    def _runner(self, slot: int) -> ThreadEnvRunner | ProcessEnvRunner:
-        if slot not in self._runners and self.config.env_executor is EnvExecutor.RAY:
-            from spo_agents.distributed.env_pool import engine_runner  # lazy: Ray is an optional dependency
-
-            self._runners[slot] = engine_runner(self, slot)
+    def _runner(self, slot: int) -> EnvRunner:
         if slot not in self._runners:
-            cls = ProcessEnvRunner if self.config.env_executor is EnvExecutor.PROCESS else ThreadEnvRunner
-            self._runners[slot] = cls(self.env_id, self.env_kwargs, self._pool, self.config.env_step_timeout_s)
+            self._runners[slot] = self.runner_factory(self, slot)
         return self._runners[slot]
 
     def _discard_runner(self, slot: int) -> None:

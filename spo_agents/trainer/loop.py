@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from spo_agents.rollout.config import RolloutMode
 from spo_agents.rollout.engine import RolloutEngine
 from spo_agents.rollout.episode import Episode, append_episode_log
 from spo_agents.trainer.algorithms import Batch, GRPOAlgorithm, SPOAlgorithm, staleness_weight
+from spo_agents.trainer.callbacks import CallbackList, MetricsCallback
 from spo_agents.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from spo_agents.trainer.config import Algo, GRPOMode, SPOUpdate, TrainConfig, dump_config
 from spo_agents.trainer.evaluate import evaluate
@@ -50,8 +51,12 @@ def heldout_gain(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True):
-        self.config, self.resume = config, resume
+    """One training run. `callbacks` see its events (trainer/callbacks.py); `engine_factory`
+    builds the rollout engine from RolloutEngine's arguments (an instrumented subclass, say)."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True,
+                 callbacks: Iterable[Any] = (), engine_factory: Callable[..., RolloutEngine] = RolloutEngine):
+        self.config, self.resume, self.engine_factory = config, resume, engine_factory
         self.run_dir = Path(config.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / "config.yaml")
@@ -75,6 +80,7 @@ class Trainer:
         self.step = 0
         self.counters = {"episodes": 0, "dropped_stale": 0, "learner_wait_s": 0.0}
         self.logger = MetricsLogger(self.run_dir, config.steps, show_progress)
+        self.callbacks = CallbackList([MetricsCallback(self.logger), *callbacks])
         self.episode_log = self.run_dir / "episodes.jsonl"
 
     # ----- state ----------------------------------------------------------------------------
@@ -100,7 +106,9 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         json_state, torch_state = self._state()
-        return save_checkpoint(self.run_dir, self.step, self.policy.train_model, json_state, torch_state)
+        path = save_checkpoint(self.run_dir, self.step, self.policy.train_model, json_state, torch_state)
+        self.callbacks.emit("on_checkpoint", self, path)
+        return path
 
     # ----- main -----------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -112,6 +120,7 @@ class Trainer:
         started = time.monotonic()
         first_eval = await self.evaluate() if self.step == 0 else {}
         engine = self._engine()
+        self.callbacks.emit("on_start", self, engine)
         try:
             if self.config.algo is Algo.GRPO and self.config.grpo_mode is GRPOMode.BATCH:
                 await self._run_sync_batches(engine)
@@ -124,8 +133,7 @@ class Trainer:
         final_eval = await self.evaluate()
         summary = {"steps": self.step, "wall_s": time.monotonic() - started, **self.counters,
                    **heldout_gain(first_eval, final_eval)}
-        self.logger.log(self.step, summary, kind="summary")
-        self.logger.close()
+        self.callbacks.emit("on_end", self, summary)
         self.policy.backend.close()
         return summary
 
@@ -142,8 +150,8 @@ class Trainer:
         bound = config.rollout.max_unconsumed or config.rollout.num_slots + config.batch_size
         rollout = config.rollout.model_copy(update={"mode": mode, "group_size": config.group_size,
                                                     "max_unconsumed": bound})
-        return RolloutEngine(config.env_id, self.policy.backend, self.policy.formatter, rollout, tasks,
-                             {**config.env_kwargs, "split": "train"})
+        return self.engine_factory(config.env_id, self.policy.backend, self.policy.formatter, rollout, tasks,
+                                   {**config.env_kwargs, "split": "train"})
 
     async def _get(self, engine: RolloutEngine):
         waited = time.monotonic()
@@ -155,6 +163,8 @@ class Trainer:
         for episode in episodes:  # logged before use: a killed run loses no finished episode
             append_episode_log(self.episode_log, episode)
         self.counters["episodes"] += len(episodes)
+        for episode in episodes:
+            self.callbacks.emit("on_episode", self, episode)
 
     async def _run_streaming(self, engine: RolloutEngine) -> None:
         config, pending, groups = self.config, [], []
@@ -194,6 +204,7 @@ class Trainer:
             await self._learner_step(self.grpo.make_batch(groups, self.updater.version), engine)
 
     async def _learner_step(self, batch: Batch, engine: RolloutEngine) -> None:
+        self.callbacks.emit("on_batch", self, batch)
         started = time.monotonic()
         if self.config.algo is Algo.SPO and self.config.spo_update is SPOUpdate.ACCUMULATE:
             metrics = await asyncio.to_thread(self.updater.apply)
@@ -211,7 +222,7 @@ class Trainer:
         if self.config.eval.every_steps and self.step % self.config.eval.every_steps == 0 \
                 and self.step < self.config.steps:
             metrics.update(await self.evaluate())
-        self.logger.log(self.step, metrics)
+        self.callbacks.emit("on_step", self, metrics)
         if self.step % self.config.checkpoint_every == 0:
             self.checkpoint()
 
@@ -239,5 +250,5 @@ class Trainer:
                           result.episodes[: config.transcripts], self.policy.formatter)
         metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
         metrics["eval/tasks"] = float(len(ids))
-        self.logger.log(self.step, metrics, kind="eval")
+        self.callbacks.emit("on_eval", self, metrics)
         return metrics
