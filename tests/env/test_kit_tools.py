@@ -1,5 +1,7 @@
 """Typed tool functions -> JSON schema + pydantic validation; tool-call parsing."""
 
+import time
+
 import pytest
 
 from spo_agents.env import Tool, ToolError, parse_tool_calls, strip_tool_calls, tool
@@ -77,8 +79,8 @@ def test_parse_tool_calls_table(text, names, n_errors):
 def test_call_cap_and_size_cap():
     one = '<tool_call>{"name": "a", "arguments": {}}</tool_call>'
     parsed = parse_tool_calls(one * 12, max_calls=8)
-    assert len(parsed.calls) == 8 and len(parsed.errors) == 4
-    assert "at most 8" in parsed.errors[0].message
+    assert len(parsed.calls) == 8 and len(parsed.errors) == 1  # one error for every call past the cap
+    assert parsed.errors[0].index == 8 and "at most 8" in parsed.errors[0].message
     big = '<tool_call>{"name": "a", "arguments": {"s": "' + "x" * 5000 + '"}}</tool_call>'
     parsed = parse_tool_calls(big, max_call_chars=1000)
     assert not parsed.calls and "too large" in parsed.errors[0].message
@@ -89,3 +91,53 @@ def test_nested_tag_in_string_keeps_code_intact():
     parsed = parse_tool_calls(text)
     assert parsed.calls[0].arguments["code"] == "s = '<tool_call>x</tool_call>'"
     assert strip_tool_calls(text) == " \\boxed{3}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("<tool_call>" + "[" * 1000, "unclosed"),
+        ("<tool_call>" + "[" * 100_000 + "</tool_call>", "nested deeper than 64"),
+        ('<tool_call>{"name": "a", "arguments": {"x": ' + "[" * 65 + "]" * 65 + "}}</tool_call>", "nested deeper"),
+        ('<tool_call>{"name": "a", "arguments": ' + '"' + "[" * 5000 + '"}</tool_call>', "not valid JSON"),
+        ('<tool_call>{"name": "a", "arguments": {"x": ' + "9" * 5000 + "}}</tool_call>", "digit"),
+        ('<tool_call>{"name": "a", "parameters": {"path": "/etc"}}</tool_call>', "unexpected key 'parameters'"),
+        ('<tool_call>{"name": "a", "args": {"path": "/etc"}}</tool_call>', "unexpected key 'args'"),
+        ('<tool_call>{"name": "a", "arguments": {}, "id": 1}</tool_call>', "unexpected key 'id'"),
+        ('<tool_call>{"name": "a", "arguments": "{} extra"}</tool_call>', "text after the JSON value"),
+    ],
+)
+def test_hostile_calls_become_errors(text, message):
+    parsed = parse_tool_calls(text)
+    assert parsed.calls == [] and len(parsed.errors) == 1
+    assert message in parsed.errors[0].message
+    strip_tool_calls(text)  # never raises either
+
+
+def test_wrong_key_error_names_the_expected_key():
+    parsed = parse_tool_calls('<tool_call>{"name": "ls", "parameters": {"path": "/etc"}}</tool_call>')
+    assert '"arguments"' in parsed.errors[0].message
+
+
+def test_deep_but_allowed_nesting_and_odd_characters_decode():
+    nested = "[" * 60 + "1" + "]" * 60
+    text = '<tool_call>{"name": "a", "arguments": {"x": ' + nested + ', "s": "\\ud800\\u0000"}}</tool_call>'
+    (call,) = parse_tool_calls(text).calls
+    assert call.arguments["s"] == "\ud800\x00"
+
+
+@pytest.mark.parametrize("unit", ["<tool_call>{</tool_call>", "<tool_call>x</tool_call>", '<tool_call>{"</tool_call>',
+                                  '<tool_call>\\"</tool_call>', '<tool_call>"\\</tool_call>',
+                                  '<tool_call>{"name": "a"}</tool_call>'])
+def test_parsing_is_linear_in_the_text(unit):
+    """200,000 blocks (about 5 MB): the old parser was quadratic (about 5 s for 20,000)."""
+    text = unit * 200_000
+    start = time.perf_counter()
+    parse_tool_calls(text)
+    assert strip_tool_calls(text) == ""
+    assert time.perf_counter() - start < 5.0
+
+
+def test_raw_control_character_in_a_string_is_an_error():
+    parsed = parse_tool_calls('<tool_call>{"name": "a", "arguments": {"s": "\x00"}}</tool_call>')
+    assert "Invalid control character" in parsed.errors[0].message
