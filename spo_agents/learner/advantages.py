@@ -137,12 +137,14 @@ class RunningMoments:
     """Running mean and variance of advantages that arrive one at a time (optionally weighted).
 
     - `welford`: exact weighted mean and population variance of everything since `reset()`
-      (West's weighted form of Welford's algorithm); reset it at each optimizer step to get
-      the statistics of the batch formed so far.
-    - `ema`: exponentially decayed sums, decay `ema_decay` per unit of weight; never needs a
-      reset and follows the advantage distribution as it drifts. Early on (little weight seen)
-      the estimate is noisy; `count` says how much weight backs it.
+      (West's weighted form of Welford's algorithm).
+    - `ema`: exponentially decayed sums, decay `ema_decay` per unit of weight; follows the
+      advantage distribution as it drifts. Early on (little weight seen) the estimate is noisy;
+      `count` says how much weight backs it.
     Weight 1 per episode gives the episode measure; weight = policy tokens gives the token one.
+    `var(ddof=1)` is the unbiased variance for reliability weights, V1^2 / (V1^2 - V2) times the
+    population variance (V1, V2: sums of the (decayed) weights and of their squares), which is
+    n / (n - 1) for n unit weights: torch.std's correction, as the batch statistics use.
     """
 
     def __init__(self, mode: MomentsMode | str = MomentsMode.WELFORD, ema_decay: float = 0.99):
@@ -153,9 +155,11 @@ class RunningMoments:
         self.reset()
 
     def reset(self) -> None:
-        self.count = 0.0  # total weight (decayed for ema)
+        self.count = 0.0  # total weight V1 (decayed for ema)
         self.mean = 0.0
         self._m2 = 0.0  # welford: weighted sum of squared deviations; ema: decayed sum w x^2
+        self._w2 = 0.0  # sum of squared weights V2 (decayed twice as fast for ema)
+        self.arrivals = 0  # values with positive weight since the last reset
 
     def update(self, x: float | Sequence[float] | np.ndarray, weight: Any = 1.0) -> None:
         """Add one value or a batch of values (each with its weight)."""
@@ -168,8 +172,10 @@ class RunningMoments:
                 self._update_one(value, w)
 
     def _update_one(self, x: float, w: float) -> None:
+        self.arrivals += 1
         if self.mode is MomentsMode.WELFORD:
             self.count += w
+            self._w2 += w * w
             delta = x - self.mean
             self.mean += delta * w / self.count
             self._m2 += w * delta * (x - self.mean)
@@ -177,11 +183,13 @@ class RunningMoments:
             decay = self.ema_decay**w
             sum_wx = self.mean * self.count * decay + w * x
             self.count = self.count * decay + w
+            self._w2 = self._w2 * decay * decay + w * w
             self.mean = sum_wx / self.count
             self._m2 = self._m2 * decay + w * x * x
 
     @property
     def var(self) -> float:
+        """Population variance of what was seen (0.0 before anything)."""
         if self.count <= 0:
             return 0.0
         if self.mode is MomentsMode.WELFORD:
@@ -192,9 +200,17 @@ class RunningMoments:
     def std(self) -> float:
         return float(np.sqrt(self.var))
 
-    def normalize(self, x: Any, eps: float = 1e-8) -> Any:
+    def std_with(self, ddof: int) -> float:
+        """ddof 0: the population std; ddof 1: the reliability-weights unbiased std (0.0 while it
+        is not defined, i.e. with fewer than two values)."""
+        if ddof == 0:
+            return self.std
+        denominator = self.count**2 - ddof * self._w2
+        return float(np.sqrt(self.var * self.count**2 / denominator)) if denominator > 1e-12 else 0.0
+
+    def normalize(self, x: Any, eps: float = 1e-8, ddof: int = 0) -> Any:
         """(x - mean) / (std + eps) with the current statistics, same kind of array as x."""
-        return _like((_to_numpy(x) - self.mean) / (self.std + eps), x)
+        return _like((_to_numpy(x) - self.mean) / (self.std_with(ddof) + eps), x)
 
     def state_dict(self) -> dict:
         return {
@@ -203,6 +219,8 @@ class RunningMoments:
             "count": self.count,
             "mean": self.mean,
             "m2": self._m2,
+            "w2": self._w2,
+            "arrivals": self.arrivals,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -211,3 +229,5 @@ class RunningMoments:
         self.count = float(state["count"])
         self.mean = float(state["mean"])
         self._m2 = float(state["m2"])
+        self._w2 = float(state["w2"])
+        self.arrivals = int(state["arrivals"])

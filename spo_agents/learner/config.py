@@ -29,8 +29,11 @@ class RhoMode(str, Enum):
 class DriftEstimator(str, Enum):
     """How the policy drift D of a task since its last visit is measured."""
 
-    STORED_EPISODE = "stored_episode"  # reference code: re-score the task's last episode
-    BEHAVIOUR_RATIO = "behaviour_ratio"  # cheap: |logp_behaviour - logp_now| on this episode
+    # the reference definition, log-probs from the training forward; a pass only for revisits
+    STORED_EPISODE = "stored_episode"
+    # the reference code's timing: a pass after each update over the batch and its revisits
+    STORED_EPISODE_RESCORE = "stored_episode_rescore"
+    BEHAVIOUR_RATIO = "behaviour_ratio"  # |logp_behaviour - logp_step_start| on this episode, no pass
 
 
 class Normalization(str, Enum):
@@ -77,9 +80,18 @@ class TrackerConfig(_Config):
     )
     drift_estimator: DriftEstimator = Field(
         DriftEstimator.STORED_EPISODE,
-        description="how D is measured: 'stored_episode' re-scores the task's last episode under "
-        "the current policy (reference code); 'behaviour_ratio' uses the current episode's "
-        "behaviour vs current log-probs (no extra forward pass, see docs/algorithms.md)",
+        description="how D is measured: 'stored_episode' compares the task's last episode's "
+        "log-probs then and now, both taken from training forwards (a no-grad pass only for a "
+        "revisited task whose new episode does not repeat the stored one); "
+        "'stored_episode_rescore' is the reference code's timing (a pass after every update over "
+        "the batch and the revisited stored episodes); 'behaviour_ratio' compares this episode's "
+        "sampler and training-forward log-probs (no pass); see docs/algorithms.md",
+    )
+    drift_audit: bool = Field(
+        False,
+        description="also run 'stored_episode_rescore' (own cache, its pass after every update) "
+        "beside the chosen estimator and log drift/audit_* (the difference in D and rho on the "
+        "same tasks): measures the chosen estimator's bias, at the rescore estimator's cost",
     )
     drift_cache_max_tasks: int = Field(
         50_000, ge=1, description="stored-episode drift cache: most tasks kept (LRU eviction)"
@@ -103,6 +115,11 @@ class TrackerConfig(_Config):
     def _check_clip(self) -> "TrackerConfig":
         if self.rho_min > self.rho_max:
             raise ValueError(f"rho_min ({self.rho_min}) must not exceed rho_max ({self.rho_max})")
+        if self.drift_audit and self.drift_estimator is DriftEstimator.STORED_EPISODE_RESCORE:
+            raise ValueError(
+                "drift_audit compares an estimator with stored_episode_rescore; with "
+                "drift_estimator: stored_episode_rescore there is nothing to compare"
+            )
         return self
 
 
@@ -166,10 +183,30 @@ class LossConfig(_Config):
     tis_cap: float | None = Field(
         None,
         gt=0,
-        description="cap of the truncated importance weight for the behaviour/proximal mismatch "
-        "(null = no weight); see docs/algorithms.md for which ratio is truncated",
+        description="truncated importance sampling: anchor the PPO ratio on the step-start "
+        "log-probs (the training forward) instead of the sampler's, and weight each token by "
+        "min(exp(logp_step_start - logp_sampler), tis_cap) (null = off: ratio on the sampler's "
+        "log-probs); with one optimiser step per batch the ratio is then 1, so the clips are "
+        "inactive and changing them together with tis_cap is an error (docs/algorithms.md)",
     )
     kl_coef: float = Field(
-        0.0, ge=0, description="k3 KL penalty to a reference policy (0 = off, no reference model)"
+        0.0,
+        ge=0,
+        description="k3 KL penalty to the reference policy = the initial weights (0 = off; >0 "
+        "keeps a frozen copy of the model, or disables the LoRA adapters, to score each batch)",
     )
-    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus (0 = off)")
+    entropy_coef: float = Field(
+        0.0, ge=0, description="bonus on the token-mean entropy of the policy (0 = off)"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _check_tis(self) -> "LossConfig":
+        # compared with the defaults, not with model_fields_set, so a dumped config loads again
+        fields = type(self).model_fields
+        clips = [n for n in ("clip_low", "clip_high", "dual_clip") if getattr(self, n) != fields[n].default]
+        if self.tis_cap is not None and clips:
+            raise ValueError(
+                f"{', '.join(clips)} has no effect with tis_cap: the PPO ratio is anchored on the "
+                "step-start log-probs and equals 1 in our one-step update; remove it or set tis_cap: null"
+            )
+        return self

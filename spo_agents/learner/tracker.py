@@ -165,8 +165,10 @@ class ValueTracker:
 
     def set_alpha_beta(self, task_id: TaskId, alpha: float, beta: float) -> None:
         _check_task_id(task_id)
-        if alpha <= 0 or beta <= 0:
-            raise ValueError(f"alpha and beta must be positive, got {alpha}, {beta}")
+        # one of them may be 0: the paper's unsmoothed init gives v0 = 0 (or 1) for a task the
+        # initial policy never (or always) solved; v and N_eff stay defined and updates work
+        if alpha < 0 or beta < 0 or not alpha + beta > 0:
+            raise ValueError(f"alpha and beta must be >= 0 with a positive sum, got {alpha}, {beta}")
         self._alpha[task_id], self._beta[task_id] = float(alpha), float(beta)
 
     def init_from_table(

@@ -9,10 +9,21 @@ gives exactly the token-mean over the batch. Episodes can also be accumulated on
 they arrive (`accumulate`), with the optimiser step applied later (`apply`): the streaming
 trainer's "gradient on arrival" mode, where the normaliser is known only at step time; we
 accumulate token *sums* and rescale the gradients once before stepping.
+
+Every loss setting reaches the loss here: `kl_coef > 0` keeps a frozen reference policy (the
+initial weights: a frozen copy, or the base model with its LoRA adapters disabled) and scores
+each micro-batch under it; `entropy_coef > 0` computes the per-token entropy of the full
+distribution from the same logits; `tis_cap` anchors the PPO ratio on the step-start log-probs
+(the detached training forward: one optimiser step per batch, so they are the proximal policy)
+and corrects the sampler mismatch with the truncated weight (see loss.py). The detached
+log-probs of the training forward are kept per sample (`last_logprobs`), so SPO's drift
+estimate needs no second pass over the batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +32,7 @@ import pydantic
 import torch
 
 from spo_agents.learner.config import LossConfig
-from spo_agents.learner.loss import policy_loss
+from spo_agents.learner.loss import importance_weights, policy_loss
 from spo_agents.rollout.episode import TrainingSample
 
 
@@ -67,17 +78,35 @@ def _pad(rows: list[list], value, dtype) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)
 
 
-def token_logprobs(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log p(token_t | tokens_<t) under `model`, aligned to positions (position 0 gets 0)."""
+def _shifted_logits(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """Logits at positions 0..T-2 (each predicting the next token), fp32, divided by temperature."""
     on_gpu = token_ids_B_T.device.type == "cuda"
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):  # bf16 on GPU, fp32 on CPU
         logits_B_T_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T).logits.float()
-    logits_B_T_V = logits_B_T_V[:, :-1] / temperature
-    targets_B_T = token_ids_B_T[:, 1:]
-    picked_B_T = logits_B_T_V.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
-    logprobs_B_T = picked_B_T - torch.logsumexp(logits_B_T_V, dim=-1)
-    return torch.nn.functional.pad(logprobs_B_T, (1, 0))
+    return logits_B_T_V[:, :-1] / temperature
+
+
+def _picked_logprobs(logits_B_T_V: torch.Tensor, token_ids_B_T: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) aligned to positions (position 0 gets 0)."""
+    picked_B_T = logits_B_T_V.gather(-1, token_ids_B_T[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(picked_B_T - torch.logsumexp(logits_B_T_V, dim=-1), (1, 0))
+
+
+def _entropy(logits_B_T_V: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution, aligned like `_picked_logprobs` (position 0 gets 0)."""
+    logp_B_T_V = torch.log_softmax(logits_B_T_V, dim=-1)
+    return torch.nn.functional.pad(-(logp_B_T_V.exp() * logp_B_T_V).sum(-1), (1, 0))
+
+
+def token_logprobs(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) under `model`, aligned to positions (position 0 gets 0)."""
+    return _picked_logprobs(_shifted_logits(model, token_ids_B_T, attention_mask_B_T, temperature), token_ids_B_T)
+
+
+# loss terms that policy_loss reports as sums when its normaliser is 1 (logged as token-means)
+_SUMMED_LOSS_TERMS = frozenset({"loss/pg", "loss/kl_ref", "loss/entropy"})
 
 
 class PolicyUpdater:
@@ -93,6 +122,8 @@ class PolicyUpdater:
         self.version = 0
         self._accumulated_tokens = 0
         self._accumulated_metrics: list[dict[str, float]] = []
+        self.last_logprobs: list[np.ndarray] = []  # detached training-forward log-probs of the last accumulate()
+        self.reference_model = _frozen_reference(model) if self.loss_config.kl_coef > 0 else None
 
     def _build(self, samples: Sequence[TrainingSample], indices: list[int]) -> _Microbatch:
         rows = [samples[i] for i in indices]
@@ -121,26 +152,59 @@ class PolicyUpdater:
 
     def accumulate(self, samples: Sequence[TrainingSample], advantages: Sequence[float],
                    weights: Sequence[float] | None = None) -> dict[str, float]:
-        """Forward/backward these episodes; gradients hold token *sums* until `apply`."""
+        """Forward/backward these episodes; gradients hold token *sums* until `apply`.
+
+        Afterwards `last_logprobs[i]` holds sample i's per-token log-probs from this forward
+        (float64, detached, position 0 = 0): the weights at step start, at no extra cost."""
         self.model.train()
         weights = [1.0] * len(samples) if weights is None else list(weights)
+        self.last_logprobs = [np.zeros(0)] * len(samples)
         for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
             batch = self._build(samples, indices)
-            logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                          self.optim_config.temperature)
             advantages_B = torch.tensor([advantages[i] for i in indices], dtype=torch.float32, device=self.device)
             weight_B_T = torch.tensor([weights[i] for i in indices], device=self.device)[:, None]
-            mask_B_T = batch.loss_mask_B_T * weight_B_T
-            num_tokens = float(batch.loss_mask_B_T.sum())
-            lc = self.loss_config
-            loss, metrics = policy_loss(logprobs_B_T, batch.behaviour_logprobs_B_T, advantages_B, mask_B_T,
-                                        clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
-                                        token_normalizer=1.0)
+            loss, metrics, logprobs_B_T = self._microbatch_loss(batch, advantages_B, batch.loss_mask_B_T * weight_B_T)
             loss.backward()  # a token sum; rescaled by the batch's token count in apply()
+            num_tokens = float(batch.loss_mask_B_T.sum())
             self._accumulated_tokens += num_tokens
+            for key in _SUMMED_LOSS_TERMS.intersection(metrics):  # sums here (normaliser 1): make them means
+                metrics[key] /= max(num_tokens, 1.0)
             metrics["tokens"], metrics["loss_sum"] = num_tokens, metrics.pop("loss/total")
             self._accumulated_metrics.append(metrics)
+            detached_B_T = logprobs_B_T.detach().double().cpu().numpy()
+            for row, index in enumerate(indices):
+                self.last_logprobs[index] = detached_B_T[row, : len(samples[index])]
         return self._accumulated_metrics[-1] if self._accumulated_metrics else {}
+
+    def _microbatch_loss(self, batch: _Microbatch, advantages_B: torch.Tensor, mask_B_T: torch.Tensor
+                         ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """The loss of one micro-batch as a token sum, with every LossConfig term that is on."""
+        lc = self.loss_config
+        logits_B_T_V = _shifted_logits(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
+                                       self.optim_config.temperature)
+        logprobs_B_T = _picked_logprobs(logits_B_T_V, batch.token_ids_B_T)
+        entropy_B_T = _entropy(logits_B_T_V) if lc.entropy_coef > 0 else None
+        del logits_B_T_V
+        anchor_B_T, tis_weights_B_T = batch.behaviour_logprobs_B_T, None
+        if lc.tis_cap is not None:  # ratio on the step-start (proximal) log-probs, sampler mismatch weighted
+            anchor_B_T = logprobs_B_T.detach()
+            tis_weights_B_T = importance_weights(anchor_B_T, batch.behaviour_logprobs_B_T)
+        ref_logprobs_B_T = self._reference_logprobs(batch) if self.reference_model is not None else None
+        loss, metrics = policy_loss(logprobs_B_T, anchor_B_T, advantages_B, mask_B_T,
+                                    clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
+                                    tis_weights_B_T=tis_weights_B_T, tis_cap=lc.tis_cap,
+                                    ref_logprobs_B_T=ref_logprobs_B_T, kl_coef=lc.kl_coef,
+                                    entropy_B_T=entropy_B_T, entropy_coef=lc.entropy_coef, token_normalizer=1.0)
+        return loss, metrics, logprobs_B_T
+
+    @torch.no_grad()
+    def _reference_logprobs(self, batch: _Microbatch) -> torch.Tensor:
+        reference, context = self.reference_model, contextlib.nullcontext()
+        if reference is self.model:  # LoRA: the base model is the reference, adapters switched off
+            context = self.model.disable_adapter()
+        with context:
+            return token_logprobs(reference, batch.token_ids_B_T, batch.attention_mask_B_T,
+                                  self.optim_config.temperature)
 
     def apply(self) -> dict[str, float]:
         """Rescale accumulated gradients to a token-mean, clip, step; bump the version."""
@@ -170,6 +234,16 @@ class PolicyUpdater:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
+
+
+def _frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
+    """The KL penalty's reference policy: the weights the updater starts from, frozen. A LoRA
+    (peft) model is its own reference with the adapters disabled, so nothing is copied."""
+    if hasattr(model, "disable_adapter"):
+        return model
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def _token_weighted(metrics: list[dict[str, float]]) -> dict[str, float]:

@@ -1,11 +1,13 @@
-"""Turning finished episodes into weighted, advantage-carrying training samples.
+"""Turning finished episodes into weighted, advantage-carrying training samples, and SPO's step.
 
 SPO and GRPO side by side, on top of the pure functions in `spo_agents.learner`:
 - `SPOAlgorithm`: the baseline of each episode is read from the value tracker the moment the
   episode arrives (before its own reward is absorbed); advantages are standardised over the
-  batch (collect mode) or with running statistics (accumulate mode); after the learner step,
-  drift D is measured on each task's stored episode, rho follows, and the tracker absorbs the
-  rewards (the reference code's order of operations).
+  batch (collect mode) or with running statistics (accumulate mode, `AdvantageConfig`'s
+  `running_moments`, `ema_decay`, `normalize`, `ddof`, `spo_eps`). `learner_step` runs the
+  update and measures drift D with the configured estimator (the log-probs of the training
+  forward, a no-grad pass only where the estimator needs one), then rho and the tracker update
+  follow (the reference code's order: update, drift, rho, tracker).
 - `GRPOAlgorithm`: group mean/std baseline over complete groups; degenerate groups counted.
 Both apply the staleness bound: an episode more than `max_staleness` versions behind the
 learner is dropped or down-weighted.
@@ -14,7 +16,7 @@ learner is dropped or down-weighted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -26,10 +28,11 @@ from spo_agents.learner import (
     grpo_advantages,
     spo_advantages,
 )
-from spo_agents.learner.config import DriftEstimator
+from spo_agents.learner.config import DriftEstimator, Normalization
 from spo_agents.learner.drift import behaviour_ratio_drift
+from spo_agents.learner.update import PolicyUpdater
 from spo_agents.rollout.episode import Episode, TrainingSample
-from spo_agents.trainer.config import StalenessPolicy, TrainConfig
+from spo_agents.trainer.config import SPOUpdate, StalenessPolicy, TrainConfig
 
 
 @dataclass
@@ -58,8 +61,11 @@ def _staleness_metrics(episodes: Sequence[Episode], version: int) -> dict[str, f
 class SPOAlgorithm:
     def __init__(self, tracker: ValueTracker, drift_cache: DriftCache, config: TrainConfig):
         self.tracker, self.drift_cache, self.config = tracker, drift_cache, config
-        self.moments = RunningMoments()
+        self.moments = RunningMoments(config.advantage.running_moments, config.advantage.ema_decay)
+        # the reference estimator run beside the chosen one (tracker.drift_audit), own cache
+        self.audit_cache = DriftCache.from_config(config.tracker) if config.tracker.drift_audit else None
         self._values_before: dict[int, float] = {}
+        self._arrival_logprobs: dict[int, np.ndarray] = {}  # accumulate mode: training-forward log-probs
 
     def on_arrival(self, episode: Episode) -> float:
         """Baseline v(x) before the episode's reward is absorbed; remembered for the batch."""
@@ -68,10 +74,22 @@ class SPOAlgorithm:
         return value
 
     def running_advantage(self, episode: Episode) -> float:
-        """Accumulate mode: A = r - v_before standardised with running statistics."""
+        """Accumulate mode: A = r - v_before standardised with running statistics (episode or token
+        measure, as `advantage.normalize`; raw A with `none`, or while fewer than 2 have arrived)."""
+        c = self.config.advantage
         raw = episode.reward - self._values_before[id(episode)]
-        self.moments.update(raw)
-        return float(self.moments.normalize(raw)) if self.moments.count > 1 else raw
+        if c.normalize is Normalization.NONE:
+            return raw
+        token_measure = c.normalize is Normalization.TOKEN
+        self.moments.update(raw, episode.num_completion_tokens if token_measure else 1.0)
+        if self.moments.arrivals < 2:
+            return raw
+        return float(self.moments.normalize(raw, eps=c.spo_eps, ddof=0 if token_measure else c.ddof))
+
+    def accumulate_on_arrival(self, updater: PolicyUpdater, episode: Episode, weight: float) -> None:
+        """Accumulate mode: this episode's gradient now; its training-forward log-probs kept for D."""
+        updater.accumulate([episode.training_view()], [self.running_advantage(episode)], [weight])
+        self._arrival_logprobs[id(episode)] = updater.last_logprobs[0]
 
     def make_batch(self, episodes: list[Episode], version: int) -> Batch:
         values = np.array([self._values_before[id(e)] for e in episodes])
@@ -88,24 +106,63 @@ class SPOAlgorithm:
         metrics.update(_staleness_metrics(episodes, version))
         return Batch(episodes, samples, [float(a) for a in advantages], weights, metrics)
 
-    def after_step(self, episodes: list[Episode], samples: list[TrainingSample], logprob_fn: Callable,
-                   version: int) -> dict[str, float]:
-        """Drift -> rho -> tracker update, after the learner step (reference order); `samples` are
-        the episodes' training views (already built for the step)."""
-        if self.config.tracker.drift_estimator is DriftEstimator.STORED_EPISODE:
-            drifts = self.drift_cache.measure_and_store([e.task_id for e in episodes],
-                                                        [s.token_ids for s in samples],
-                                                        [s.loss_mask for s in samples], logprob_fn, version)
+    def learner_step(self, updater: PolicyUpdater, batch: Batch) -> dict[str, float]:
+        """The update (collect: forward/backward of the batch; accumulate: gradients already summed on
+        arrival), drift D from the configured estimator, rho, tracker update; returns metrics."""
+        if self.config.spo_update is SPOUpdate.ACCUMULATE:
+            forward = [self._arrival_logprobs.pop(id(e)) for e in batch.episodes]
         else:
-            now = logprob_fn([s.token_ids for s in samples], [s.loss_mask for s in samples])
+            updater.accumulate(batch.samples, batch.advantages, batch.weights)
+            forward = updater.last_logprobs
+        estimator, metrics = self.config.tracker.drift_estimator, {}
+        if estimator is DriftEstimator.STORED_EPISODE:  # before the update: same weights as the forward
+            drifts, counts = self.drift_cache.measure_and_store_from_forward(
+                [e.task_id for e in batch.episodes], [s.token_ids for s in batch.samples],
+                [s.loss_mask for s in batch.samples], forward, updater.logprobs, updater.version)
+            metrics.update({f"drift/{k}": v for k, v in counts.items()})
+        elif estimator is DriftEstimator.BEHAVIOUR_RATIO:
             drifts = np.array([behaviour_ratio_drift(s.behaviour_logprobs, lp, s.loss_mask)
-                               for s, lp in zip(samples, now)])
+                               for s, lp in zip(batch.samples, forward)])
+        metrics.update(updater.apply())
+        if estimator is DriftEstimator.STORED_EPISODE_RESCORE:
+            drifts = self._rescore(self.drift_cache, batch, updater)
         rhos = [forgetting_factor(float(d), self.config.tracker) for d in drifts]
-        for episode, rho in zip(episodes, rhos):
+        if self.audit_cache is not None:
+            metrics.update(self._audit(drifts, rhos, batch, updater))
+        for episode, rho in zip(batch.episodes, rhos):
             self.tracker.update(episode.task_id, float(np.clip(episode.reward, 0.0, 1.0)), rho)
             self._values_before.pop(id(episode), None)
-        return {"rho/mean": float(np.mean(rhos)), "rho/min": float(np.min(rhos)), "rho/max": float(np.max(rhos)),
-                "drift/mean": float(np.mean(drifts))}
+        metrics.update({"rho/mean": float(np.mean(rhos)), "rho/min": float(np.min(rhos)),
+                        "rho/max": float(np.max(rhos)), "drift/mean": float(np.mean(drifts))})
+        return metrics
+
+    @staticmethod
+    def _rescore(cache: DriftCache, batch: Batch, updater: PolicyUpdater) -> np.ndarray:
+        """The reference code's timing: one no-grad pass after the update (stored and new episodes)."""
+        return cache.measure_and_store([e.task_id for e in batch.episodes], [s.token_ids for s in batch.samples],
+                                       [s.loss_mask for s in batch.samples], updater.logprobs, updater.version)
+
+    def _audit(self, drifts: np.ndarray, rhos: list[float], batch: Batch, updater: PolicyUpdater
+               ) -> dict[str, float]:
+        """D and rho of the reference estimator on the same visits; compared where both have a stored
+        episode (the reference's D > 0 or the task was seen before by both caches)."""
+        seen = np.array([e.task_id in self.audit_cache for e in batch.episodes])
+        reference = self._rescore(self.audit_cache, batch, updater)
+        if not seen.any():
+            return {"drift/audit_tasks": 0.0}
+        reference_rhos = np.array([forgetting_factor(float(d), self.config.tracker) for d in reference])
+        return {"drift/audit_tasks": float(seen.sum()),
+                "drift/audit_mean": float(drifts[seen].mean()),
+                "drift/audit_reference_mean": float(reference[seen].mean()),
+                "drift/audit_abs_diff": float(np.abs(drifts - reference)[seen].mean()),
+                "drift/audit_diff": float((drifts - reference)[seen].mean()),
+                "rho/audit_abs_diff": float(np.abs(np.array(rhos) - reference_rhos)[seen].mean())}
+
+    def state_dict(self) -> dict:
+        return {"moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.moments.load_state_dict(state["moments"])
 
 
 class GRPOAlgorithm:
@@ -116,7 +173,9 @@ class GRPOAlgorithm:
         episodes = [e for group in groups for e in group]
         group_ids = np.array([g for g, group in enumerate(groups) for _ in group])
         rewards = np.array([e.reward for e in episodes])
-        advantages, degenerate = grpo_advantages(rewards, group_ids, ddof=self.config.advantage.ddof)
+        c = self.config.advantage
+        advantages, degenerate = grpo_advantages(rewards, group_ids, scale_by_std=c.grpo_scale_by_std,
+                                                 eps=c.grpo_eps, ddof=c.ddof)
         weights = [staleness_weight(e, version, self.config) for e in episodes]
         metrics = {"grpo/degenerate_group_frac": degenerate / max(len(groups), 1)}
         metrics.update(_staleness_metrics(episodes, version))

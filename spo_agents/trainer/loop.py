@@ -86,7 +86,7 @@ class Trainer:
     # ----- state ----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         json_state = {"step": self.step, "counters": self.counters, "tracker": self.tracker.state_dict(),
-                      "drift_cache": self.drift_cache.state_dict()}
+                      "drift_cache": self.drift_cache.state_dict(), "spo": self.spo.state_dict()}
         torch_state = {"updater": self.updater.state_dict(), "sampler": self.sampler.state_dict(),
                        "uniform": self.uniform.state_dict()}
         return json_state, torch_state
@@ -99,6 +99,8 @@ class Trainer:
         self.step, self.counters = json_state["step"], json_state["counters"]
         self.tracker.load_state_dict(json_state["tracker"])
         self.drift_cache.load_state_dict(json_state["drift_cache"])
+        if "spo" in json_state:  # running advantage moments (checkpoints before they were saved lack it)
+            self.spo.load_state_dict(json_state["spo"])
         self.updater.load_state_dict(torch_state["updater"])
         self.sampler.load_state_dict(torch_state["sampler"])
         self.uniform.load_state_dict(torch_state["uniform"])
@@ -184,9 +186,8 @@ class Trainer:
                 engine.acknowledge(1)
                 continue
             if config.spo_update is SPOUpdate.ACCUMULATE:
-                advantage = self.spo.running_advantage(item)
-                await asyncio.to_thread(self.updater.accumulate, [item.training_view()], [advantage],
-                                        [staleness_weight(item, self.updater.version, config)])
+                await asyncio.to_thread(self.spo.accumulate_on_arrival, self.updater, item,
+                                        staleness_weight(item, self.updater.version, config))
             pending.append(item)
             if len(pending) >= per_step:
                 await self._learner_step(self.spo.make_batch(pending, self.updater.version), engine)
@@ -206,13 +207,10 @@ class Trainer:
     async def _learner_step(self, batch: Batch, engine: RolloutEngine) -> None:
         self.callbacks.emit("on_batch", self, batch)
         started = time.monotonic()
-        if self.config.algo is Algo.SPO and self.config.spo_update is SPOUpdate.ACCUMULATE:
-            metrics = await asyncio.to_thread(self.updater.apply)
+        if self.config.algo is Algo.SPO:  # the update, drift D, rho and the tracker update
+            metrics = await asyncio.to_thread(self.spo.learner_step, self.updater, batch)
         else:
             metrics = await asyncio.to_thread(self.updater.step, batch.samples, batch.advantages, batch.weights)
-        if self.config.algo is Algo.SPO:
-            metrics.update(await asyncio.to_thread(self.spo.after_step, batch.episodes, batch.samples, self.updater.logprobs,
-                                                   self.updater.version))
         weights = state_dict_for_backend(self.policy.train_model)
         await asyncio.to_thread(self.policy.backend.update_weights, weights, self.updater.version)
         self.step += 1

@@ -189,3 +189,38 @@ def test_behaviour_ratio_agrees_with_stored_episode_when_its_assumptions_hold():
     on_policy = rng.choice(vocab, size=length, p=np.exp(logp_now))
     assert behaviour_ratio_drift(logp_now[on_policy], logp_now[on_policy], [1] * length) == 0.0
     assert stored_d > 0.005
+
+
+def test_stored_episode_from_the_training_forward_reads_off_or_rescores():
+    """D = mean |logp_then - logp_now| on the stored episode's policy tokens, `now` read off the
+    new episode's forward where it repeats the stored one up to its last policy token."""
+    policy = LinearPolicy(theta=1.0)
+    cache = DriftCache()
+    stored = {"a": ([5, 1, 2, 9], [0, 1, 1, 0]), "b": ([5, 3, 4], [0, 1, 1]), "c": ([5, 6], [0, 1])}
+    ids = [v[0] for v in stored.values()]
+    masks = [v[1] for v in stored.values()]
+    drifts, counts = cache.measure_and_store_from_forward(list(stored), ids, masks, policy(ids, masks), policy)
+    assert drifts.tolist() == [0.0, 0.0, 0.0] and counts["revisits"] == 0 and policy.calls == 1  # the forward
+    policy.theta = 2.0
+    new_ids = [[5, 1, 2, 7, 7],  # a: repeats 5 1 2 (its last policy token), then differs: read off
+               [5, 3, 8],  # b: differs at a policy token: re-scored
+               [5, 6, 6]]  # c: longer, same prefix: read off
+    new_masks = [[0, 1, 1, 0, 1], [0, 1, 1], [0, 1, 1]]
+    forward = policy(new_ids, new_masks)  # the training forward under theta 2
+    drifts, counts = cache.measure_and_store_from_forward(list(stored), new_ids, new_masks, forward, policy)
+    # per policy token |-0.1 t - (-0.2 t)| = 0.1 t: a (1, 2) -> 0.15; b (3, 4) -> 0.35; c (6) -> 0.6
+    assert drifts == pytest.approx([0.15, 0.35, 0.6])
+    assert counts == {"revisits": 3.0, "read_off_forward": 2.0, "rescored": 1.0}
+    assert policy.calls == 3  # the two forwards and one pass over b's stored episode only
+    assert cache.get("b").token_ids.tolist() == [5, 3, 8]
+    assert cache.get("b").policy_logprobs == pytest.approx([-0.6, -1.6])  # the forward's, theta 2
+
+
+def test_read_off_needs_the_same_tokens_before_the_last_policy_token():
+    policy = LinearPolicy()
+    cache = DriftCache()
+    cache.measure_and_store_from_forward(["a"], [[5, 1, 2]], [[0, 1, 1]], policy([[5, 1, 2]], [[0, 1, 1]]), policy)
+    calls = policy.calls
+    # the prompt token differs (an env observation changed): the forward scored another context
+    cache.measure_and_store_from_forward(["a"], [[4, 1, 2]], [[0, 1, 1]], policy([[4, 1, 2]], [[0, 1, 1]]), policy)
+    assert policy.calls == calls + 2

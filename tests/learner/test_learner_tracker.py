@@ -141,3 +141,15 @@ def test_stats_summarise_tracked_tasks():
     stats = tracker.stats()
     assert stats["tracker/v_mean"] == pytest.approx(0.5)
     assert stats["tracker/n_eff_mean"] == pytest.approx(4.0)
+
+
+def test_unsmoothed_init_of_tasks_never_or_always_solved():
+    """The paper's v0 = k / n0 gives v0 = 0 or 1 (alpha or beta = 0); the tracker must take it."""
+    tracker = ValueTracker()
+    assert tracker.init_from_table({"never": (0, 8), "always": (8, 8), "half": (4, 8)}, smoothed=False) == 3
+    assert (tracker.value("never"), tracker.value("always"), tracker.value("half")) == (0.0, 1.0, 0.5)
+    assert tracker.n_eff("never") == pytest.approx(8.0)
+    update = tracker.update("never", 1.0, rho=0.875)
+    assert update.v_after == pytest.approx(1 / (0.875 * 8 + 1)) and update.v_before == 0.0
+    with pytest.raises(ValueError, match="positive sum"):
+        tracker.set_alpha_beta("x", 0.0, 0.0)

@@ -1,6 +1,7 @@
 """The PPO update on the tiny real model: direction of change, accumulation equivalence."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -66,3 +67,114 @@ def test_accumulating_one_episode_at_a_time_equals_one_batch_step(tiny):
     streamed.apply()
     for p_batched, p_streamed in zip(batched.model.parameters(), streamed.model.parameters()):
         torch.testing.assert_close(p_batched, p_streamed, rtol=1e-4, atol=1e-6)
+
+
+# ---- every LossConfig term reaches the loss (issue 16 item 12) ------------------------------
+
+def _updater(tiny, lr=1e-2, **loss):
+    from spo_agents.learner.config import LossConfig
+
+    return PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=lr, grad_clip=10.0), LossConfig(**loss))
+
+
+def _answer_samples(tiny, updater):
+    prompt = tiny.tokenizer.encode("<|im_start|>user\nwhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    return [sample_for(updater, prompt, tiny.tokenizer.encode(text)) for text in ("it is 5", "seven or so")]
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _moved(before, model):
+    return max(float((a - b.detach()).abs().max()) for a, b in zip(before, model.parameters()))
+
+
+def test_kl_coef_pulls_the_policy_back_to_the_reference(tiny):
+    """Zero advantages: without KL the gradient is 0 and nothing moves; with KL the step lowers
+    KL(reference || policy), measured with k3 on the samples' policy tokens."""
+    for kl_coef, expect_move in ((0.0, False), (1.0, True)):
+        updater = _updater(tiny, lr=1e-5, kl_coef=kl_coef)
+        samples = _answer_samples(tiny, updater)
+        with torch.no_grad():  # the policy has drifted away from its initial (reference) weights
+            generator = torch.Generator().manual_seed(0)
+            for param in updater.model.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+        def kl_to_reference():
+            total = 0.0
+            for sample in samples:
+                now = updater.logprobs([sample.token_ids])[0]
+                ref = PolicyUpdater(tiny.model).logprobs([sample.token_ids])[0]
+                log_ratio = (ref - now)[np.array(sample.loss_mask, dtype=bool)]
+                total += float(np.sum(np.exp(log_ratio) - log_ratio - 1))
+            return total
+
+        before, params = kl_to_reference(), _params(updater.model)
+        metrics = updater.step(samples, [0.0, 0.0])
+        if expect_move:
+            assert metrics["loss/kl_ref"] > 0 and kl_to_reference() < before
+        else:
+            assert _moved(params, updater.model) == 0.0 and "loss/kl_ref" not in metrics
+
+
+def test_entropy_coef_raises_the_policy_entropy(tiny):
+    def entropy(updater, sample):  # of the next-token distributions that predict policy tokens
+        with torch.no_grad():
+            logits = updater.model(input_ids=torch.tensor([sample.token_ids])).logits[0, :-1]
+        distribution = torch.distributions.Categorical(logits=logits)
+        return float((distribution.entropy() * torch.tensor(sample.loss_mask[1:])).sum())
+
+    for coef, expect_rise in ((0.0, False), (0.5, True)):
+        updater = _updater(tiny, entropy_coef=coef)
+        samples = _answer_samples(tiny, updater)
+        before, params = sum(entropy(updater, s) for s in samples), _params(updater.model)
+        metrics = updater.step(samples, [0.0, 0.0])
+        after = sum(entropy(updater, s) for s in samples)
+        if expect_rise:
+            assert after > before + 1e-3 and metrics["loss/entropy"] > 0
+        else:
+            assert _moved(params, updater.model) == 0.0 and "loss/entropy" not in metrics
+
+
+def test_tis_cap_replaces_the_clip_by_a_truncated_weight(tiny):
+    """A stale episode whose tokens are now 4x likelier than when sampled: the PPO ratio (4) is
+    past 1 + clip_high, so without TIS the positive advantage gives no gradient; with TIS the
+    ratio is anchored on the step-start log-probs and the weight min(4, cap) keeps the signal."""
+    for tis_cap, expect_move in ((None, False), (2.0, True)):
+        updater = _updater(tiny, tis_cap=tis_cap)
+        good = _answer_samples(tiny, updater)[0]
+        stale = TrainingSample(good.token_ids, good.loss_mask,
+                               [lp - math.log(4.0) if m else 0.0 for lp, m in zip(good.behaviour_logprobs,
+                                                                                    good.loss_mask)])
+        before, params = sequence_logprob(updater, good), _params(updater.model)
+        metrics = updater.step([stale], [1.0])
+        if expect_move:
+            assert sequence_logprob(updater, good) > before
+            assert metrics["loss/tis_weight_mean"] == pytest.approx(2.0, rel=1e-3)
+            assert metrics["loss/tis_truncated_frac"] == 1.0
+        else:
+            assert _moved(params, updater.model) == 0.0 and metrics["loss/clip_frac_high"] == 1.0
+
+
+def test_tis_cap_rejects_clip_settings_it_would_ignore():
+    from spo_agents.learner.config import LossConfig
+
+    with pytest.raises(ValueError, match="clip_low has no effect with tis_cap"):
+        LossConfig(tis_cap=2.0, clip_low=0.1)
+    with pytest.raises(ValueError, match="dual_clip has no effect with tis_cap"):
+        LossConfig(tis_cap=2.0, dual_clip=None)
+    config = LossConfig(tis_cap=2.0)
+    assert LossConfig.model_validate(config.model_dump()) == config  # a dumped config loads again
+
+
+def test_logged_pg_loss_is_the_token_mean(tiny):
+    """On-policy first step: every ratio is 1, so loss/pg = -sum_i A_i n_i / sum_i n_i."""
+    updater = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, microbatch_tokens=32))
+    samples = _answer_samples(tiny, updater)
+    advantages = [1.5, -0.5]
+    counts = [sum(s.loss_mask) for s in samples]
+    metrics = updater.step(samples, advantages)
+    expected = -sum(a * n for a, n in zip(advantages, counts)) / sum(counts)
+    assert metrics["loss/pg"] == pytest.approx(expected, abs=1e-5)
+    assert metrics["loss/total"] == pytest.approx(expected, abs=1e-5)
