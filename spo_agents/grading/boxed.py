@@ -61,22 +61,26 @@ def _matching_brace(text: str, open_pos: int, max_chars: int | None) -> int:
         pos = close + 1
 
 
-def _box_content(text: str, start: int, command: str, max_chars: int | None) -> str | None | bool:
-    """Content of the box command at start; False when it is not a box command at all."""
+def _box_at(text: str, start: int, command: str, max_chars: int | None) -> tuple[str | None, int] | None:
+    """(content, end) of the box command at start; content None when empty, unclosed or too long.
+
+    `end` is the index just past the box. None when the command is not a box at all (`\\boxedfoo`).
+    """
     pos = start + len(command)
     while pos < len(text) and text[pos] in " \t\r\n":
         pos += 1
     if pos < len(text) and text[pos] == "{":
         close = _matching_brace(text, pos, max_chars)
         if close == -1:
-            return None
-        return text[pos + 1 : close].strip() or None
+            return None, len(text)
+        return text[pos + 1 : close].strip() or None, close + 1
     if command == "\\boxed" and pos > start + len(command) and pos < len(text):
         # `\boxed 5`: one whitespace-delimited token, cut at a closing `$`.
         token = text[pos : len(text) if max_chars is None else pos + max_chars + 1]
         token = token.split(None, 1)[0].split("$", 1)[0]
-        return token if token and (max_chars is None or len(token) <= max_chars) else None
-    return False
+        content = token if token and (max_chars is None or len(token) <= max_chars) else None
+        return content, pos + len(token)
+    return None
 
 
 def extract_boxed(text: str, max_chars: int | None = None) -> str | None:
@@ -87,17 +91,37 @@ def extract_boxed(text: str, max_chars: int | None = None) -> str | None:
     longer than max_chars. Linear in len(text); with max_chars, the brace matching looks at
     no more than max_chars characters.
     """
-    if not isinstance(text, str):
-        return None
-    end = len(text)
-    while True:
+    boxes = extract_last_boxes(text, 1, max_chars)
+    return boxes[0] if boxes else None
+
+
+def extract_last_boxes(text: str, count: int, max_chars: int | None = None) -> list[str | None]:
+    """Contents of the last `count` boxes of text, in text order (fewer if text has fewer).
+
+    Each entry is what `extract_boxed` would give for that box (None: empty, unclosed or too
+    long). A box that encloses a later one (`\\boxed{a \\boxed{b}}`) is skipped: the inner box
+    counts, as in `extract_boxed`.
+    """
+    if not isinstance(text, str) or count <= 0:
+        return []
+    found: list[str | None] = []
+    end, inner_start = len(text), len(text)
+    while len(found) < count:
         start, command = _last_command(text, end)
         if start == -1:
-            return None
-        content = _box_content(text, start, command, max_chars)
-        if content is not False:
-            return content
-        end = start  # `\boxedfoo`: not a box command, look further left
+            break
+        end = start
+        box = _box_at(text, start, command, max_chars)
+        if box is None or box[1] > inner_start:  # not a box command, or a box around the last one
+            continue
+        found.append(box[0])
+        inner_start = start
+    return found[::-1]
+
+
+def extract_all_boxes(text: str, max_chars: int | None = None) -> list[str | None]:
+    """Contents of every box of text, in order (see `extract_last_boxes`)."""
+    return extract_last_boxes(text, len(text), max_chars) if isinstance(text, str) else []
 
 
 def strip_tool_calls(text: str) -> str:

@@ -30,6 +30,13 @@ not equal a single number, so hedging scores 0; chains such as `x = 5 = 6` or `5
 count as their last value only (one value, no second chance). Percent: `50\\%` scores 1
 for a reference of `50` or `0.5` (see normalize.py).
 
+Multi-part references: a reference that holds several boxes (`\\boxed{1}\\boxed{2}`) has one
+part per box, and every part is required, in order: the reply's last box must list them
+comma-separated (`\\boxed{1, 2}`), or its last k boxes must hold them (`\\boxed{1}, \\boxed{2}`).
+`\\boxed{2}` alone scores 0 (it used to be graded against the last box of the reference only).
+Each part is graded like a single answer. A reference without boxes, or with one, is one part
+(`1, 2` stays one list answer, which math-verify compares as a set).
+
 Left out: grading whole transcripts (the caller passes the final reply), partial credit.
 """
 
@@ -41,8 +48,8 @@ import threading
 import warnings
 from typing import Literal
 
-from spo_agents.grading.boxed import answer_region, extract_boxed
-from spo_agents.grading.normalize import equal_normalized, is_plain_integer, normalize_answer
+from spo_agents.grading.boxed import answer_region, extract_all_boxes, extract_boxed, extract_last_boxes
+from spo_agents.grading.normalize import equal_normalized, is_plain_integer, list_length, normalize_answer, split_list
 from spo_agents.grading.workers import WorkerPool, WorkerStartError
 
 Backend = Literal["auto", "math_verify", "fallback"]
@@ -104,22 +111,54 @@ class MathGrader:
         return self._backend
 
     def grade(self, pred_text: str, reference: str) -> float:
-        """1.0 if the last boxed answer of pred_text (outside tool/code blocks) equals reference."""
+        """1.0 if the final answer of pred_text (outside tool/code blocks) equals reference.
+
+        The final answer is the last box; for a reference of k > 1 boxes it may also be the
+        last k boxes (see "Multi-part references" in the module doc).
+        """
         if not isinstance(pred_text, str) or len(pred_text) > self.max_reply_chars:
             return 0.0
-        answer = extract_boxed(answer_region(pred_text), max_chars=self.max_answer_chars)
+        parts = reference_parts(reference)
+        region = answer_region(pred_text)
+        answer = extract_boxed(region, max_chars=self.max_answer_chars)
         if answer is None:
             return 0.0
-        return self.grade_answer(answer, reference)
+        if len(parts) > 1 and len(split_list(answer)) != len(parts):
+            boxes = extract_last_boxes(region, len(parts), max_chars=self.max_answer_chars)
+            if len(boxes) < len(parts) or None in boxes:
+                return 0.0
+            return self._grade_parts(boxes, parts)
+        return self._grade_against(answer, parts)
 
     def grade_answer(self, answer: str, reference: str) -> float:
-        """1.0 if an already extracted answer equals reference, else 0.0."""
+        """1.0 if an already extracted answer equals reference, else 0.0.
+
+        A reference of k > 1 boxes needs an answer that lists k comma-separated parts.
+        """
+        return self._grade_against(str(answer), reference_parts(reference))
+
+    def _grade_against(self, answer: str, parts: list[str]) -> float:
+        if len(parts) == 1:
+            return self._grade_one(answer, parts[0])
+        items = split_list(answer)
+        return self._grade_parts(items, parts) if len(items) == len(parts) else 0.0
+
+    def _grade_parts(self, answers: list[str], parts: list[str]) -> float:
+        """1.0 only when every answer equals its part, in order."""
+        for answer, part in zip(answers, parts, strict=True):
+            if self._grade_one(answer, part) != 1.0:
+                return 0.0
+        return 1.0
+
+    def _grade_one(self, answer: str, reference: str) -> float:
         if self._closed:
             raise RuntimeError("the math grader is closed")
-        answer, reference = str(answer).strip(), _reference_text(reference)
+        answer, reference = answer.strip(), reference.strip()
         if not answer or not reference or len(answer) > self.max_answer_chars:
             return 0.0
         a, b = normalize_answer(answer), normalize_answer(reference)
+        if list_length(a) != list_length(b):  # `1` for `1, 1`: sets would call them equal
+            return 0.0
         if equal_normalized(a, b):
             return 1.0
         if self._backend == "fallback" or (is_plain_integer(a) and is_plain_integer(b)):
@@ -206,12 +245,17 @@ class MathGrader:
         self._lock = threading.Lock()
 
 
-def _reference_text(reference: object) -> str:
-    """The reference as text; a reference that holds a `\\boxed{}` is reduced to its content."""
+def reference_parts(reference: object) -> list[str]:
+    """The parts of a reference answer: the content of each of its boxes, else the whole text.
+
+    `\\boxed{1}\\boxed{2}` has two parts, both required; `1, 2` and `\\boxed{1, 2}` have one.
+    An empty or unclosed box of a reference is an empty part, which nothing matches.
+    """
     text = str(reference).strip()
-    if "\\boxed" in text or "\\fbox" in text:
-        text = extract_boxed(text) or text
-    return text
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return [text]
+    boxes = extract_all_boxes(text)
+    return [box or "" for box in boxes] if boxes else [text]
 
 
 _SHARED: MathGrader | None = None

@@ -15,7 +15,12 @@ Decisions (the same ones math-verify makes, unless noted):
   equals `\\frac{1}{3}`, as in math-verify's float rounding); `0.33` does not.
 - Units: a trailing `\\text{cm}` (a word after a number), degrees (`^\\circ`) and `\\$` are
   dropped; `x = 5` is read as `5` (a single-letter assignment).
-- Thousands separators: `1,234,567` (groups of three) is one number; `1,2` stays a list.
+- Thousands separators: `1,234,567` (groups of three, no spaces) is one number; `1,2`,
+  `32, 349` and `1,000, 000` stay lists (math-verify reads them as sets too). LaTeX `1{,}234`
+  and thin spaces (`1\\,234`) are thousands separators.
+
+- Lists: an answer must list as many comma-separated items as the reference (`list_length`),
+  so `1` does not match `1, 1` although both are the set {1} to math-verify.
 
 Left out on purpose: symbolic algebra (`2\\sqrt{2}` vs `\\sqrt{8}`), sets, intervals, scientific
 notation, mixed numbers (`2\\frac{1}{2}` is ambiguous). Those compare as normalised strings
@@ -45,6 +50,7 @@ _FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")
 _FRAC_INT = re.compile(r"\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}")
 _ASSIGN = re.compile(r"^[A-Za-z]=([^=]+)$")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
+_SPACED_COMMA = re.compile(r"\s,|,\s")
 _CHOICE = re.compile(r"^\(([A-Za-z])\)$")
 _DECIMAL = re.compile(r"^[-+]?(\d+)?(?:\.(\d*))?$")
 _INTEGER = re.compile(r"^[-+]?\d+$")
@@ -69,6 +75,9 @@ def normalize_answer(s: object) -> str:
         if unwrapped == s:
             break
         s = unwrapped
+    # `32, 349` is a list, never the number 32349: a comma is a thousands separator only with
+    # no space around it (checked before spaces go).
+    spaced_comma = _SPACED_COMMA.search(s) is not None
     s = "".join(s.split())
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_INT.sub(r"\1/\2", s)
@@ -76,12 +85,50 @@ def normalize_answer(s: object) -> str:
     assign = _ASSIGN.match(s)
     if assign:
         s = assign.group(1)
-    if _THOUSANDS.match(s):
+    if not spaced_comma and _THOUSANDS.match(s):
         s = s.replace(",", "")
     choice = _CHOICE.match(s)
     if choice:
         s = choice.group(1)
     return s
+
+
+def split_list(answer: str) -> list[str]:
+    """`answer` split at its top-level commas (outside braces, brackets and parentheses).
+
+    `1, \\frac{1}{2}, (3, 4)` gives three items; `\\,` (a thin space) and `{,}` are not
+    separators. Linear in the answer (answers are capped by max_answer_chars).
+    """
+    items, depth, start = [], 0, 0
+    for pos, char in enumerate(answer):
+        if char in "{[(":
+            depth += 1
+        elif char in "}])":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0 and not (pos and answer[pos - 1] == "\\"):
+            items.append(answer[start:pos].strip())
+            start = pos + 1
+    items.append(answer[start:].strip())
+    return items
+
+
+_ENCLOSING = (("\\{", "\\}"), ("(", ")"), ("[", "]"))
+
+
+def list_length(normalized: str) -> int:
+    """How many items a normalised answer lists (1 for anything but a comma-separated list).
+
+    One pair of brackets around the whole answer is looked through, so `(1,2)`, `\\{1,2\\}`
+    and `1,2` all list two items; thousands separators were removed by `normalize_answer`.
+    """
+    if "," not in normalized:
+        return 1
+    items = split_list(normalized)
+    if len(items) == 1:
+        for opening, closing in _ENCLOSING:
+            if normalized.startswith(opening) and normalized.endswith(closing):
+                return len(split_list(normalized[len(opening) : -len(closing)]))
+    return len(items)
 
 
 @dataclass(frozen=True)

@@ -80,21 +80,6 @@ SYMBOLIC_TABLE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def grader():
-    if not math_verify_available():
-        pytest.skip("math-verify not installed")
-    with MathGrader("math_verify", timeout_s=3.0) as g:
-        g.warm_up()
-        yield g
-
-
-@pytest.fixture(scope="module")
-def fallback_grader():
-    with MathGrader("fallback") as g:
-        yield g
-
-
 @pytest.mark.parametrize("output, reference, reward", COMMON_TABLE + SYMBOLIC_TABLE)
 def test_reward_table_math_verify(grader, output, reference, reward):
     assert grader.grade(output, reference) == reward
