@@ -28,6 +28,7 @@ BENCH_MODULES = [
     "spo_agents.cli.bench_throughput",
     "spo_agents.cli.bench_sandbox",
     "spo_agents.cli.bench_learning",
+    "spo_agents.cli.bench_learner",
 ]
 
 
