@@ -21,9 +21,10 @@ Failures raise `BackendHTTPError` (status, URL, attempts, an excerpt of the body
 timeouts raise its subclass `BackendTimeoutError`.
 
 Weights: `update_weights(state_dict, version)` writes a safetensors file under `weights_dir`
-(which the server must be able to read: same machine or a shared filesystem) and calls
-`POST /v1/load_weights` of `spo-agents serve`. vLLM and SGLang servers have no such endpoint;
-their weight-sync options are described in docs/backends.md and the call fails with a clear error.
+(which the server must be able to read: same machine or a shared filesystem) and tells the
+server to load it. `server` says how: `"spo"` calls `POST /v1/load_weights` of `spo-agents
+serve`; `"vllm"` and `"sglang"` run those servers' own pause / load / resume sequences
+(server_weights.py, which cites the versions and source files followed).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 Dialect = Literal["vllm", "sglang"]
+Server = Literal["spo", "vllm", "sglang"]  # how weights are pushed (server_weights.SERVERS)
 _BODY_EXCERPT = 500
 
 
@@ -208,7 +210,8 @@ class OpenAICompatibleBackend:
     `connect_timeout` the connection; `max_retries` retries follow the first attempt, waiting
     `backoff_base * 2**k` seconds (capped at `backoff_max`, with jitter). `weights_dir` is where
     `update_weights` writes safetensors files (default: a fresh temporary folder, fine when the
-    server runs on this machine). Close with `close()` / `aclose()` or use as a context manager.
+    server runs on this machine). `server` (`spo`, `vllm`, `sglang`) picks the weight-update
+    route (see the module docstring). Close with `close()` / `aclose()` or use as a context manager.
     """
 
     def __init__(
@@ -229,8 +232,12 @@ class OpenAICompatibleBackend:
         weights_dir: str | Path | None = None,
         weights_timeout: float = 600.0,
         policy_version: int = 0,
+        server: Server = "spo",
     ) -> None:
         build_completion_body([0], SamplingParams(), model=None, dialect=dialect)  # validates the dialect
+        if server not in ("spo", "vllm", "sglang"):
+            raise ValueError(f"unknown generation server {server!r}; expected 'spo', 'vllm' or 'sglang'")
+        self.server = server
         root = base_url.rstrip("/")
         self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
         self.model, self.dialect, self.logprobs = model, dialect, logprobs
@@ -298,6 +305,8 @@ class OpenAICompatibleBackend:
 
     @staticmethod
     def _decode(response: httpx.Response, url: str) -> Any:
+        if not response.content:  # vLLM answers some control calls with an empty 200
+            return {}
         try:
             return response.json()
         except ValueError as exc:
@@ -331,7 +340,7 @@ class OpenAICompatibleBackend:
                                        final_policy_version=self._version, prompt_len=len(prompt_ids))
 
     def update_weights(self, weights: Mapping[str, Any] | Any, version: int) -> None:
-        """Push weights to a `spo-agents serve` server and wait until they are live (blocking).
+        """Push weights to the server (`server`: spo, vllm, sglang) and wait until they are live (blocking).
 
         Runs its HTTP call on a private event loop in a worker thread, so it may be called from any
         thread; inside a coroutine prefer `await aupdate_weights(...)`, which does not block the loop.
@@ -348,6 +357,8 @@ class OpenAICompatibleBackend:
             return await self._push_weights(client, weights, version)
 
     async def _push_weights(self, client: httpx.AsyncClient, weights: Any, version: int) -> dict[str, Any]:
+        if self.server != "spo":
+            return await self._push_to_inference_server(client, weights, version)
         folder = self._weights_dir or Path(tempfile.mkdtemp(prefix="spo-weights-"))
         folder.mkdir(parents=True, exist_ok=True)
         self._weights_dir = folder
@@ -368,6 +379,30 @@ class OpenAICompatibleBackend:
             self._last_weights.unlink(missing_ok=True)
         self._last_weights = path
         self._version = int(answer.get("policy_version", version))
+        return answer
+
+    async def _push_to_inference_server(self, client: httpx.AsyncClient, weights: Any, version: int) -> dict[str, Any]:
+        """vLLM / SGLang: write the weights into this client's own subfolder (replicas sharing
+        `weights_dir` never collide), run the server's update sequence, keep only the newest."""
+        from spo_agents.backends import server_weights
+
+        if self._weights_dir is None:
+            self._weights_dir = Path(tempfile.mkdtemp(prefix="spo-weights-"))
+        folder = self._weights_dir / f"{self.server}-{id(self):x}-{os.getpid()}"
+        target = await asyncio.to_thread(server_weights.write_weights, self.server, weights, folder, version)
+
+        async def call(method: str, path: str, body: Any) -> Any:
+            return await self._request(client, method, path, json=body, timeout=self._weights_timeout)
+
+        try:
+            answer = await server_weights.push_weights(self.server, call, target, int(version))
+        except BaseException:
+            server_weights.remove_weights(target)
+            raise
+        if self._last_weights is not None and self._last_weights != target:
+            server_weights.remove_weights(self._last_weights)
+        self._last_weights = target
+        self._version = int(version)
         return answer
 
     # ------------------------------------------------------------------ introspection and lifecycle
@@ -391,7 +426,12 @@ class OpenAICompatibleBackend:
         """Drop every pooled client and delete the last weights file written by this client."""
         self._clients.clear()
         if self._last_weights is not None:
-            self._last_weights.unlink(missing_ok=True)
+            if self._last_weights.is_dir():  # an SGLang model folder
+                import shutil
+
+                shutil.rmtree(self._last_weights, ignore_errors=True)
+            else:
+                self._last_weights.unlink(missing_ok=True)
             self._last_weights = None
 
     def __enter__(self) -> "OpenAICompatibleBackend":

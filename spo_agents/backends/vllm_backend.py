@@ -18,8 +18,9 @@ translates between spo-agents' protocol and vLLM's:
   sampling defaults) and prefix caching.
 
 Weight updates: the state dict is written to a safetensors file under `weights_dir` and loaded by
-every worker through `collective_rpc` into our worker extension (`SPOWorkerExtension`, installed
-with `worker_extension_cls`), which calls the model's own `load_weights` (the HF-name loader vLLM
+every worker through `collective_rpc` into our worker extension (`SPOWorkerExtension` of
+vllm_worker.py, installed with `worker_extension_cls`), which calls vLLM's in-place reload (or the
+model's own `load_weights`) (the HF-name loader vLLM
 uses for checkpoints, so fused projections are handled). vLLM runs utility calls between engine
 steps, so requests in flight keep going under the new weights (as in PipelineRL); the prefix
 cache is then reset, because cached KV blocks were computed by the old weights.
@@ -39,6 +40,7 @@ from typing import Any, Mapping, Sequence
 
 from spo_agents.backends.base import GenerationResult, SamplingParams
 from spo_agents.backends.openai_client import BackendProtocolError, finish_reason_from, save_safetensors
+from spo_agents.backends.vllm_worker import EXTENSION_PATH, LOAD_METHOD, SPOWorkerExtension
 
 __all__ = [
     "VLLMBackend",
@@ -50,7 +52,7 @@ __all__ = [
     "result_from_vllm_output",
 ]
 
-WORKER_EXTENSION = "spo_agents.backends.vllm_backend.SPOWorkerExtension"
+WORKER_EXTENSION = EXTENSION_PATH  # the worker side lives in vllm_worker.py (no vLLM or httpx import)
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enable_prefix_caching": True,
     "generation_config": "vllm",
@@ -130,25 +132,6 @@ def result_from_vllm_output(
     )
 
 
-# ---------------------------------------------------------------------------- worker side
-class SPOWorkerExtension:
-    """Methods mixed into every vLLM worker (`worker_extension_cls`), called via `collective_rpc`.
-
-    Runs inside vLLM's worker processes, where `self` is the worker: `self.model_runner` holds the
-    model and `self.device` its GPU.
-    """
-
-    def spo_load_weights_from_file(self, path: str) -> int:
-        """Load a safetensors state dict (HF parameter names) into the model; returns its size."""
-        from safetensors.torch import load_file
-
-        state = load_file(path, device=str(getattr(self, "device", "cpu")))
-        runner = self.model_runner  # type: ignore[attr-defined]
-        model = runner.get_model() if hasattr(runner, "get_model") else runner.model
-        model.load_weights(weights=list(state.items()))
-        return len(state)
-
-
 # ---------------------------------------------------------------------------- the backend
 class VLLMBackend:
     """The Backend protocol over vLLM's `AsyncLLM`, in this process (see the module docstring).
@@ -214,7 +197,7 @@ class VLLMBackend:
             self._updating_to = int(version)
             try:
                 await asyncio.to_thread(save_safetensors, weights, path)
-                await self.engine.collective_rpc("spo_load_weights_from_file", args=(str(path),))
+                await self.engine.collective_rpc(LOAD_METHOD, args=(str(path),))
                 await self.engine.reset_prefix_cache()
                 self._version = int(version)
             finally:

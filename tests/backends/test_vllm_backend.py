@@ -88,7 +88,7 @@ def test_sampling_params_translation():
 def test_engine_defaults_follow_the_logprob_convention():
     assert ENGINE_DEFAULTS["logprobs_mode"] == "processed_logprobs"
     assert ENGINE_DEFAULTS["generation_config"] == "vllm"
-    assert ENGINE_DEFAULTS["worker_extension_cls"] == "spo_agents.backends.vllm_backend.SPOWorkerExtension"
+    assert ENGINE_DEFAULTS["worker_extension_cls"] == "spo_agents.backends.vllm_worker.SPOWorkerExtension"
 
 
 def test_output_conversion_and_finish_reasons():
@@ -151,7 +151,29 @@ def test_worker_extension_loads_a_saved_state_dict(tmp_path):
 
     model = VLLMStyleModel(target)
     worker = type("Worker", (SPOWorkerExtension,), {"model_runner": Runner(), "device": "cpu"})()
-    assert worker.spo_load_weights_from_file(str(path)) == len(source.state_dict())
+    answer = worker.spo_load_weights_from_file(str(path))
+    assert answer == {"tensors": len(source.state_dict()), "loader": "load_weights"}
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+
+
+def test_worker_extension_prefers_the_in_place_reload_of_newer_workers(tmp_path):
+    """vLLM 0.34's Worker.reload_weights(weights_iterator=..., is_checkpoint_format=True) re-runs the
+    weight post-processing; the extension hands it the file's tensors."""
+    tokenizer = build_tiny_tokenizer()
+    target, source = build_tiny_model(tokenizer, seed=0), build_tiny_model(tokenizer, seed=3)
+    path = tmp_path / "policy-v1.safetensors"
+    save_safetensors(source, path)
+    calls = []
+
+    class Worker(SPOWorkerExtension):
+        device = "cpu"
+
+        def reload_weights(self, weights_iterator=None, weights_path=None, is_checkpoint_format=True):
+            calls.append(is_checkpoint_format)
+            VLLMStyleModel(target).load_weights(weights_iterator)
+
+    assert Worker().spo_load_weights_from_file(str(path))["loader"] == "reload_weights" and calls == [True]
     for name, tensor in source.state_dict().items():
         assert torch.equal(target.state_dict()[name], tensor), name
 
