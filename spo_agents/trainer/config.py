@@ -48,6 +48,14 @@ class Generation(str, Enum):
     OPENAI = "openai"  # an OpenAI-compatible server (`spo-agents serve`, vLLM, SGLang) over httpx
 
 
+class GenerationServer(str, Enum):
+    """What serves `generation_url`: decides the weight push and the completions dialect."""
+
+    SPO = "spo"  # `spo-agents serve`: POST /v1/load_weights
+    VLLM = "vllm"  # vLLM in dev mode with our worker extension (backends/server_weights.py)
+    SGLANG = "sglang"  # SGLang: /pause_generation, /update_weights_from_disk, /continue_generation
+
+
 class EvalConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -112,8 +120,16 @@ class TrainConfig(pydantic.BaseModel):
     generation: Generation = pydantic.Field(Generation.LOCAL, description="where episodes are generated: local | "
                                             "ray | openai")
     generation_workers: int = pydantic.Field(1, ge=1, description="ray: generation replicas")
-    generation_url: str | None = pydantic.Field(None, description="openai: base URL of the server (weights are "
-                                                "pushed to it with /v1/load_weights, which `spo-agents serve` offers)")
+    generation_url: str | list[str] | None = pydantic.Field(
+        None, description="openai: base URL of the server; ray: a list of server URLs makes one Ray actor per server "
+        "(an HTTP client of it) instead of transformers replicas")
+    generation_server: GenerationServer = pydantic.Field(
+        GenerationServer.SPO, description="what serves generation_url: spo (`spo-agents serve`, /v1/load_weights) | "
+        "vllm (VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls spo_agents.backends.vllm_worker.SPOWorkerExtension) "
+        "| sglang; decides how weights are pushed and the request dialect (docs/backends.md)")
+    generation_weights_dir: str | None = pydantic.Field(
+        None, description="openai/ray servers: folder for the weight files pushed to the servers, which must read it "
+        "at the same path (a shared filesystem for remote servers); default: a temporary folder on this machine")
     env_id: str = pydantic.Field("spo/Calculator-v0", description="registered environment id")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict, description="keyword arguments of the env")
     steps: int = pydantic.Field(20, ge=1, description="learner steps")
@@ -150,10 +166,38 @@ class TrainConfig(pydantic.BaseModel):
     def _check(self) -> "TrainConfig":
         if self.algo is Algo.GRPO and self.batch_size % self.group_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size})")
+        self._check_generation()
         if self.warm_start is not None and (self.model in MODEL_PRESETS or self.model.endswith(".gguf")):
             raise ValueError(f"warm_start writes its model into the folder `model`, but model is {self.model!r}; "
                              "set model to a folder (e.g. runs/sft) or warm_start to null")
         return self
+
+
+    def generation_urls(self) -> list[str]:
+        url = self.generation_url
+        return [] if url is None else [url] if isinstance(url, str) else list(url)
+
+    def _check_generation(self) -> None:
+        urls, server_set = self.generation_urls(), self.generation_server is not GenerationServer.SPO
+        if self.generation is Generation.LOCAL and (urls or server_set or self.generation_weights_dir):
+            raise ValueError("generation_url, generation_server and generation_weights_dir are for generation: openai "
+                             "or ray; generation is local")
+        if self.generation is Generation.OPENAI and len(urls) != 1:
+            raise ValueError(f"generation: openai needs exactly one generation_url (got {len(urls)}); for several "
+                             "servers use generation: ray with a list of URLs")
+        if self.generation is Generation.RAY and urls and self.generation_workers not in (1, len(urls)):
+            raise ValueError(f"generation: ray with {len(urls)} generation_url(s) makes one replica per server; "
+                             f"generation_workers ({self.generation_workers}) must be 1 or {len(urls)}")
+        if self.generation is Generation.RAY and not urls and (server_set or self.generation_weights_dir):
+            raise ValueError("generation_server and generation_weights_dir need generation_url (the servers)")
+
+    def generation_client_options(self) -> dict[str, Any]:
+        """Keyword arguments of OpenAICompatibleBackend for the servers at generation_url."""
+        server = self.generation_server.value
+        options: dict[str, Any] = {"server": server, "dialect": "sglang" if server == "sglang" else "vllm"}
+        if self.generation_weights_dir:
+            options["weights_dir"] = self.generation_weights_dir
+        return options
 
 
 def _set_dotted(data: dict[str, Any], path: str, value: Any) -> None:

@@ -65,7 +65,8 @@ class Trainer:
         seed_everything(config.seed)
         self.policy = build_policy(config.model, config.device, config.seed, lora=config.lora,
                                    generation=config.generation.value, generation_workers=config.generation_workers,
-                                   generation_url=config.generation_url)
+                                   generation_url=config.generation_url,
+                                   generation_options=config.generation_client_options())
         self.updater = PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
         self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
         self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)

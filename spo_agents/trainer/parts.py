@@ -29,19 +29,26 @@ class PolicyParts:
     formatter: ChatFormatter
 
 
-def remote_backend(generation: str, model_spec: str, device: str, seed: int, workers: int, url: str | None):
-    """A generation backend outside this process (Ray replicas or an OpenAI-compatible server)."""
+def remote_backend(generation: str, model_spec: str, device: str, seed: int, workers: int,
+                   url: str | list[str] | None, client_options: dict[str, Any] | None = None):
+    """A generation backend outside this process (Ray replicas or OpenAI-compatible servers).
+
+    `client_options` go to each OpenAICompatibleBackend (server kind, dialect, weights_dir)."""
+    urls = [] if url is None else [url] if isinstance(url, str) else list(url)
     if generation == "ray":
         from spo_agents.distributed.generation import GenerationSpec, RayGenerationBackend
 
+        if urls:  # one actor per server, each an HTTP client of it
+            return RayGenerationBackend([GenerationSpec(kind="openai", base_url=u, model=None,
+                                                        options=dict(client_options or {})) for u in urls])
         return RayGenerationBackend(GenerationSpec(kind="transformers", model=model_spec, device=device, seed=seed),
                                     num_workers=workers)
     if generation == "openai":
         from spo_agents.backends.openai_client import OpenAICompatibleBackend
 
-        if not url:
-            raise ValueError("generation: openai needs generation_url")
-        return OpenAICompatibleBackend(url)
+        if len(urls) != 1:
+            raise ValueError("generation: openai needs one generation_url")
+        return OpenAICompatibleBackend(urls[0], **(client_options or {}))
     raise ValueError(f"unknown generation backend {generation!r}")
 
 
@@ -53,7 +60,8 @@ def seed_everything(seed: int) -> None:
 
 def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_size: int = 64,
                  lora: LoraSettings | None = None, generation: str = "local", generation_workers: int = 1,
-                 generation_url: str | None = None) -> PolicyParts:
+                 generation_url: str | list[str] | None = None,
+                 generation_options: dict[str, Any] | None = None) -> PolicyParts:
     """The training copy of the model and an inference copy behind a batched backend.
 
     Two copies, because the backend decodes in its own thread while the optimiser changes the
@@ -67,7 +75,8 @@ def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_
         inference_model = copy.deepcopy(loaded.model).to(dtype=dtype)
         backend = TransformersBackend(inference_model, loaded.tokenizer, max_batch_size=max_batch_size, seed=seed)
     else:
-        backend = remote_backend(generation, model_spec, device, seed, generation_workers, generation_url)
+        backend = remote_backend(generation, model_spec, device, seed, generation_workers, generation_url,
+                                 generation_options)
     formatter = ChatFormatter(loaded.tokenizer, loaded.tool_template)
     train_model = wrap_with_lora(loaded.model, lora) if lora is not None else loaded.model
     return PolicyParts(loaded, train_model, backend, formatter)

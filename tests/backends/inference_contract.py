@@ -27,7 +27,7 @@ SGLang 0.5.23 (python/sglang/srt/entrypoints/http_server.py, python/sglang/srt/m
 - `POST /continue_generation` `ContinueGenerationReqInput {torch_empty_cache}` ->
   `{"message": "Generation continued successfully.", "status": "ok"}`.
 
-Completions are served in each server's dialect (token ids in, `choices[0].token_ids` and
+`GET /v1/models` and completions are served in each server's dialect (token ids in, `choices[0].token_ids` and
 `logprobs.token_logprobs` out; no spo-agents version fields), enough for the client's generate.
 """
 
@@ -143,6 +143,12 @@ def _completion_handler(app_state, dialect: str):
     return completions
 
 
+def _models(app: FastAPI) -> None:
+    @app.get("/v1/models")
+    async def models():  # the OpenAI model list both servers serve
+        return {"object": "list", "data": [{"id": "contract", "object": "model", "owned_by": "contract"}]}
+
+
 def _state(backend) -> dict[str, Any]:
     gate = asyncio.Event()
     gate.set()
@@ -152,7 +158,7 @@ def _state(backend) -> dict[str, Any]:
 def _logged(app: FastAPI, state: dict[str, Any]) -> None:
     @app.middleware("http")
     async def record(request: Request, call_next):
-        if request.url.path != "/v1/completions":
+        if request.method == "POST" and request.url.path != "/v1/completions":
             raw = await request.body()
             import json
 
@@ -166,6 +172,7 @@ def vllm_app(backend, workers: list, *, dev_mode: bool = True, reset_succeeds: b
     app.state.contract = state
     _logged(app, state)
     app.post("/v1/completions")(_completion_handler(state, "vllm"))
+    _models(app)
     if not dev_mode:  # routers.py registers the dev and RL routes only with VLLM_SERVER_DEV_MODE=1
         return app
 
@@ -239,6 +246,7 @@ def sglang_app(backend) -> FastAPI:
     state["weight_version"] = None
     _logged(app, state)
     app.post("/v1/completions")(_completion_handler(state, "sglang"))
+    _models(app)
 
     @app.post("/pause_generation")
     async def pause_generation(obj: PauseGenerationReqInput):

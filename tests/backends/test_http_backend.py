@@ -289,3 +289,23 @@ def test_response_parsing_from_token_id_strings_and_sglang_fields():
     with pytest.raises(BackendProtocolError, match="token_id:N"):
         parse_completion_choice({"finish_reason": "length", "logprobs": {"tokens": ["a"], "token_logprobs": [-1.0]}},
                                 params, policy_version=0, final_policy_version=0, prompt_len=1)
+
+
+def test_the_trainer_generates_on_spo_serve_and_pushes_each_step(model, tokenizer, tmp_path):
+    """The full training loop with `generation: openai` against `spo-agents serve` on loopback."""
+    from spo_agents.trainer.config import load_config
+    from spo_agents.trainer.loop import Trainer
+    from spo_agents.trainer.metrics import read_metrics
+
+    with TransformersBackend(copy.deepcopy(model), tokenizer) as be, \
+            ServerThread(create_app(be, tokenizer, "tiny")) as srv:
+        config = load_config(None, [
+            "model=tiny", "warm_start=null", "env_kwargs={}", "steps=2", "batch_size=2", "eval.num_tasks=2",
+            "transcripts=0", "rollout.num_slots=2", "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=16",
+            "checkpoint_every=5", "generation=openai", f"generation_url={srv.url}", "generation_server=spo",
+            f"generation_weights_dir={tmp_path / 'weights'}", f"output_dir={tmp_path / 'run'}"])
+        summary = asyncio.run(Trainer(config, show_progress=False).run())
+        assert be.policy_version == 2  # the initial sync (version 0), then one push per step
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert summary["steps"] == 2 and [r["policy/version"] for r in records if r["kind"] == "train"] == [1, 2]
+    assert summary["episodes"] >= 4 and [r["kind"] for r in records].count("eval") == 2

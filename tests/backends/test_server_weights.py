@@ -190,3 +190,47 @@ def test_sglang_without_the_endpoints_is_a_clear_error(tmp_path):
 def test_an_unknown_server_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown generation server 'tgi'"):
         OpenAICompatibleBackend("http://127.0.0.1:9", server="tgi")
+
+
+# ---------------------------------------------------------------------------- from the training config
+def test_config_selects_the_server_and_rejects_settings_that_would_do_nothing(tmp_path):
+    from spo_agents.trainer.config import load_config
+    from spo_agents.trainer.parts import remote_backend
+
+    config = load_config(None, ["generation=openai", "generation_url=http://gpu-0:8000", "generation_server=sglang",
+                                f"generation_weights_dir={tmp_path}"])
+    backend = remote_backend("openai", "tiny", "cpu", 0, 1, config.generation_url, config.generation_client_options())
+    assert (backend.server, backend.dialect, backend.base_url) == ("sglang", "sglang", "http://gpu-0:8000")
+    assert backend._weights_dir == tmp_path
+    bad = {
+        "generation_server=vllm": "generation is local",
+        "generation_weights_dir=/shared": "generation is local",
+        "generation=openai": "exactly one generation_url",
+        "generation=openai\ngeneration_url=[http://a:1, http://b:1]": "exactly one generation_url",
+        "generation=ray\ngeneration_url=[http://a:1, http://b:1]\ngeneration_workers=3": "must be 1 or 2",
+        "generation=ray\ngeneration_server=vllm": "need generation_url",
+        "generation=openai\ngeneration_url=http://a:1\ngeneration_server=tgi": "generation_server",
+    }
+    for overrides, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            load_config(None, overrides.split("\n"))
+
+
+def test_the_trainer_pushes_every_step_through_the_vllm_sequence(model, tokenizer, tmp_path):
+    from spo_agents.trainer.config import load_config
+    from spo_agents.trainer.loop import Trainer
+
+    with TransformersBackend(copy.deepcopy(model), tokenizer) as be:
+        app = vllm_app(be, [ExtendedWorker(BackendModel(be))])
+        with ServerThread(app) as srv:
+            config = load_config(None, [
+                "model=tiny", "warm_start=null", "env_kwargs={}", "steps=2", "batch_size=2", "eval.enabled=false",
+                "transcripts=0", "rollout.num_slots=2", "rollout.max_tokens_per_turn=8",
+                "rollout.max_tokens_per_episode=16", "checkpoint_every=5", "generation=openai",
+                f"generation_url={srv.url}", "generation_server=vllm", f"generation_weights_dir={tmp_path / 'w'}",
+                f"output_dir={tmp_path / 'run'}"])
+            summary = asyncio.run(Trainer(config, show_progress=False).run())
+            paths = app.state.contract["log"].paths()
+    assert summary["steps"] == 2 and app.state.contract["log"].completions >= 4
+    assert paths == VLLM_SEQUENCE * 3  # the initial sync, then one push per step
+    assert be.policy_version == 3  # each push reached the model that generates
