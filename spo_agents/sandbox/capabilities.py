@@ -30,10 +30,17 @@ LAYERS = {
     "seccomp_filter": "seccomp filter: no namespaces, mounts, bpf, io_uring, keyrings ...",
     "namespaces_blocked": "cannot create new namespaces (no unbounded tmpfs in a user namespace)",
     "cleared_environment": "cleared environment: host variables are not visible",
+    "ipc_namespace": "own IPC namespace per call/session: SysV shared memory and queues die with it",
+    "runner_network_namespace": "own network namespace per call/session: abstract unix sockets do not cross",
+    "socket_families_filtered": "socket families limited to unix, inet, inet6 (+ route netlink): no vsock",
+    "call_memory_limit": "memory of the whole call bounded (memory cgroup, or no memfd and RAM-sized limits)",
+    "packages_hidden": "the project's and environments' packages are hidden (no task generators, no graders)",
+    "proc_scrubbed": "/proc/1/cmdline and environ show no host command line, paths or environment",
 }
 # Layers without which a mode does not count as isolated.
 ESSENTIAL = ("network_namespace", "pid_namespace", "private_proc", "host_files_hidden", "rlimits",
-             "unprivileged_uid", "cleared_environment")
+             "unprivileged_uid", "cleared_environment", "ipc_namespace", "runner_network_namespace",
+             "packages_hidden")
 UNISOLATED_WARNING = (
     "SANDBOX UNISOLATED: snippets run with only rlimits, a wall-clock timeout and a cleared environment. "
     "They can read your files, use the network and leave processes behind. Use this only for code you trust."
@@ -51,8 +58,10 @@ class CapabilityReport:
     bwrap_path: str | None = None
     failures: dict[str, str] = field(default_factory=dict)
     exposed_paths: list[str] = field(default_factory=list)
+    masked_paths: list[str] = field(default_factory=list)
     preimported: list[str] = field(default_factory=list)
     python: str = ""
+    memory: str = ""  # how a call's total memory is bounded, in words
 
     @property
     def isolated(self) -> bool:
@@ -63,7 +72,19 @@ class CapabilityReport:
     def from_hello(cls, report: dict, bwrap_path: str | None, failures: dict[str, str]) -> "CapabilityReport":
         return cls(mode=IsolationMode(report["mode"]), layers=report["layers"], euid=report["euid"],
                    user_namespace=report["user_namespace"], bwrap_path=bwrap_path, failures=failures,
-                   exposed_paths=report["exposed_paths"], preimported=report["preimported"], python=report["python"])
+                   exposed_paths=report["exposed_paths"], masked_paths=report.get("masked_paths", []),
+                   preimported=report["preimported"], python=report["python"])
+
+    def describe_memory(self, settings, no_cgroup_reason: str) -> None:
+        """Say how a call's memory is bounded, from the settings the helpers were given."""
+        if settings.cgroup_version:
+            self.memory = (f"at most {settings.call_memory_mb} MB per call or session (memory cgroup v"
+                           f"{settings.cgroup_version} under {settings.cgroup_path}); {settings.max_processes} "
+                           f"processes x {settings.memory_mb} MB address space")
+        else:
+            self.memory = (f"at most {settings.max_processes} processes x {settings.memory_mb} MB address space + "
+                           f"{settings.tmpfs_mb} MB scratch per call; memfd_create denied (no memory cgroup: "
+                           f"{no_cgroup_reason})")
 
     def format(self) -> str:
         """Human-readable report: mode, one line per layer, why better modes were skipped."""
@@ -78,6 +99,10 @@ class CapabilityReport:
         for name, text in LAYERS.items():
             if name in self.layers:
                 lines.append(f"  [{'x' if self.layers[name] else ' '}] {text}")
+        if self.memory:
+            lines.append(f"call memory: {self.memory}")
+        if self.masked_paths:
+            lines.append(f"hidden: {len(self.masked_paths)} package entries masked")
         if self.preimported:
             lines.append(f"pre-imported: {', '.join(self.preimported)}")
         lines.append(f"bubblewrap: {self.bwrap_path or 'not installed'}")

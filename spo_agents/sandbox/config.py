@@ -1,18 +1,29 @@
 """Limits and options of the sandbox, as one typed, validated model.
 
 Every field maps to one mechanism (see docs/sandbox.md): `timeout_s` to the SIGKILL from
-outside, `memory_mb` to RLIMIT_AS, `max_processes` to RLIMIT_NPROC, `tmpfs_mb` to the size
-of the per-call tmpfs, and so on. Limits are per call (stateless) or per session process.
+outside, `memory_mb` to RLIMIT_AS, `max_processes` to RLIMIT_NPROC, `call_memory_mb` to the
+memory cgroup of each runner, `tmpfs_mb` to the size of the per-call tmpfs, and so on.
+Limits are per call (stateless) or per session process.
+
+Two defaults depend on the machine (`resolved_limits`): without a memory cgroup, a call's
+memory is bounded only by `max_processes x memory_mb`, so `max_processes` is then sized from
+the host's RAM (half of it per call at most) instead of 32.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import os
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from spo_agents.sandbox.cgroups import host_memory_mb
 from spo_agents.sandbox.protocol import IsolationMode
 
 DEFAULT_PREIMPORTS = ("math", "fractions", "itertools", "collections", "re", "json", "statistics", "numpy",
                       "sympy")
+DEFAULT_HIDDEN_PACKAGES = ("spo_agents", "spo_env_*")
+CGROUP_PROCESSES = 32  # the default max_processes when a memory cgroup bounds the call
+MIN_PROCESSES = 4
 
 
 class SandboxConfig(BaseModel):
@@ -23,8 +34,18 @@ class SandboxConfig(BaseModel):
     timeout_s: float = Field(5.0, gt=0, le=3600, description="wall-clock limit per call; SIGKILL from outside")
     memory_mb: int = Field(1024, ge=128, description="address-space limit (RLIMIT_AS) of each sandboxed process")
     output_limit_bytes: int = Field(65536, ge=256, description="stdout+stderr cap; the call is killed when it is hit")
-    max_processes: int = Field(32, ge=1, description="processes and threads at once, the runner included "
-                                                     "(RLIMIT_NPROC)")
+    max_processes: int | None = Field(None, ge=1, description="processes and threads at once, the runner "
+                                      "included (RLIMIT_NPROC); default: 32 with a memory cgroup, else sized from "
+                                      "the host's RAM")
+    call_memory_mb: int | None = Field(None, ge=32, description="RAM one call (or session) may hold in total, all "
+                                       "its processes, scratch files, shared memory and memfds together (memory "
+                                       "cgroup); default: memory_mb + tmpfs_mb")
+    cgroup: str = Field("auto", description="memory cgroup per runner: auto (when a writable one exists), off, or "
+                                            "a cgroup directory (v2 with the memory controller, or v1 memory) to "
+                                            "create them under")
+    hidden_packages: tuple[str, ...] = Field(DEFAULT_HIDDEN_PACKAGES, description="top-level packages (glob "
+                                             "patterns) hidden from snippets even where site-packages is exposed: "
+                                             "the project and its environments (task generators, graders)")
     max_open_files: int = Field(256, ge=16, description="open file descriptors per process (RLIMIT_NOFILE)")
     max_file_mb: int = Field(16, ge=1, description="largest file a snippet may write (RLIMIT_FSIZE)")
     tmpfs_mb: int = Field(64, ge=1, description="size of the private tmpfs behind the work dir, /tmp, /var/tmp "
@@ -49,6 +70,21 @@ class SandboxConfig(BaseModel):
     start_timeout_s: float = Field(60.0, gt=0, description="time a helper may take to start and warm up")
     bwrap_path: str | None = Field(None, description="bubblewrap executable (default: found on PATH)")
 
+    @field_validator("cgroup")
+    @classmethod
+    def _cgroup_setting(cls, value: str) -> str:
+        if value not in ("auto", "off") and not os.path.isabs(value):
+            raise ValueError(f"cgroup must be 'auto', 'off' or an absolute cgroup directory, got {value!r}")
+        return value
+
+    @field_validator("hidden_packages")
+    @classmethod
+    def _package_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not pattern or "/" in pattern or pattern.startswith("."):
+                raise ValueError(f"hidden_packages holds top-level package names or globs, got {pattern!r}")
+        return value
+
     @model_validator(mode="after")
     def _uids_fit(self) -> "SandboxConfig":
         if self.uid_base + self.num_helpers + self.max_sessions >= 2**32 - 2:
@@ -60,3 +96,18 @@ class SandboxConfig(BaseModel):
 
     def slot_uid(self, slot: int) -> int:
         return self.uid_base + slot
+
+
+def resolved_limits(config: SandboxConfig, cgroup: bool) -> tuple[int, int]:
+    """(max_processes, call_memory_mb) in force, filling in the machine-dependent defaults.
+
+    With a memory cgroup, `call_memory_mb` bounds the call and processes default to 32.
+    Without one, a call can hold up to `max_processes x memory_mb` (+ its tmpfs), so the default
+    number of processes is chosen to keep that within half of the host's RAM."""
+    call_memory_mb = config.call_memory_mb or config.memory_mb + config.tmpfs_mb
+    if config.max_processes is not None:
+        return config.max_processes, call_memory_mb
+    if cgroup:
+        return CGROUP_PROCESSES, call_memory_mb
+    fitting = host_memory_mb() // 2 // config.memory_mb
+    return max(MIN_PROCESSES, min(CGROUP_PROCESSES, fitting)), call_memory_mb

@@ -7,12 +7,16 @@ a grader ran. So right after warm-up the helper forks a zygote that never sees a
 only receives "spawn (session?, uid)" and sends back the new runner's descriptors. Every
 runner descends from that pristine copy.
 
-Per spawn: the zygote forks a supervisor S; S unshares a PID namespace and forks the runner R
-(PID 1 there, so killing R kills everything the snippet started) and reports R's pid, pidfd
-and finally wait status on its socket. R mounts its scratch tmpfs and procfs in a new mount
-namespace, drops to the slot's UID (root) or into a nested user namespace without
-capabilities (non-root), applies rlimits, no_new_privs and the seccomp filter, then waits for
-its code. In bubblewrap mode R becomes `bwrap` and a fresh interpreter inside finishes the job.
+Per spawn: the zygote forks a supervisor S; S makes R's memory cgroup (when there is one),
+unshares a PID namespace and forks the runner R (PID 1 there, so killing R kills everything
+the snippet started) and reports R's pid, pidfd and finally its wait status and whether the
+cgroup saw an OOM kill, then removes the cgroup. R joins its cgroup, then, in new mount, IPC
+and network namespaces of its own (so SysV objects and abstract unix sockets neither outlive
+the call nor meet another call's), mounts its scratch tmpfs and procfs, caps SysV shared
+memory and message queues, drops to the slot's UID (root) or into a nested user namespace
+without capabilities (non-root), applies rlimits, no_new_privs and the seccomp filter, then
+waits for its code. In bubblewrap mode R becomes `bwrap` and a fresh interpreter inside
+finishes the job.
 
 Left out: anything about running a call (see `supervise.py`) or talking to the pool.
 """
@@ -30,12 +34,16 @@ import sys
 import tempfile
 import time
 
-from spo_agents.sandbox import rootfs, runner, seccomp
+from spo_agents.sandbox import cgroups, rootfs, runner, seccomp
 from spo_agents.sandbox import syscalls as sc
 from spo_agents.sandbox.protocol import Channel, ChannelClosed, HelperSettings, IsolationMode
-from spo_agents.sandbox.supervise import STATUS, RunnerHandle
+from spo_agents.sandbox.supervise import FINAL, STATUS, RunnerHandle
 
 INNER_UID = 1000  # the snippet's UID inside its nested user namespace (non-root hosts)
+RUNNER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
+# Per-IPC-namespace limits written in every runner (as RLIMIT_AS does not see SysV memory that
+# is no longer mapped): shared memory up to the scratch size, 16 small message queues.
+MSG_QUEUES, MSG_QUEUE_BYTES, SHM_SEGMENTS, POSIX_QUEUES = 16, 16384, 64, 16
 BWRAP_UID = 65534
 REAP_S = 3.0
 PR_SET_CHILD_SUBREAPER = 36
@@ -106,6 +114,19 @@ def _write_file(path: str, text: str) -> None:
         f.write(text)
 
 
+def cap_sysv_ipc(shm_mb: int) -> bool:
+    """Limit SysV shared memory and message queues of this (new) IPC namespace; False if the
+    kernel does not let us (then the seccomp filter denies shmget and msgget instead)."""
+    limits = {"kernel/shmmax": shm_mb << 20, "kernel/shmall": shm_mb << 8, "kernel/shmmni": SHM_SEGMENTS,
+              "kernel/msgmni": MSG_QUEUES, "kernel/msgmnb": MSG_QUEUE_BYTES, "fs/mqueue/queues_max": POSIX_QUEUES}
+    try:
+        for name, value in limits.items():
+            _write_file(f"/proc/sys/{name}", str(value))
+    except OSError:
+        return False
+    return True
+
+
 def _readable_by_others(*paths: str) -> bool:
     """Whether a process of another UID can traverse to `paths` (e.g. not under a 0700 /root)."""
     for path in paths:
@@ -122,13 +143,19 @@ def _readable_by_others(*paths: str) -> bool:
 class RunnerFactory:
     """Runs in the zygote: forks supervisors and runners, and reaps them."""
 
-    def __init__(self, settings: HelperSettings, user_namespace: bool, bwrap_argv: list[str], runner_source: str):
+    def __init__(self, settings: HelperSettings, user_namespace: bool, bwrap_argv: list[str], runner_source: str,
+                 memory_cgroups: cgroups.RunnerCgroups | None = None, hidden: list[tuple[str, str]] = ()):
         self.s = settings
         self.user_namespace = user_namespace
         self.bwrap_argv = bwrap_argv
         self.runner_source = runner_source
+        self.cgroups = memory_cgroups
+        self.hidden = list(hidden)  # bubblewrap mode: (kind, path) of package entries to mask
         self.pid = os.getpid()
         self.supervisors: set[int] = set()
+
+    def keep_fds(self) -> list[int]:
+        return [self.cgroups.dir_fd] if self.cgroups is not None else []
 
     def spawn(self, session: bool, uid: int) -> RunnerHandle:
         """Fork a supervisor, which forks the runner; returns at once (the runner sets up alone)."""
@@ -158,8 +185,10 @@ class RunnerFactory:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:
             return
-        close_fds_except([*child_fds, sup.fileno()])
+        close_fds_except([*child_fds, sup.fileno(), *self.keep_fds()])
         bwrap = self.s.mode is IsolationMode.BWRAP
+        cgroup_name = f"r{os.getpid()}"
+        procs_fd = self.cgroups.create(cgroup_name) if self.cgroups is not None else None
         if self.s.mode is IsolationMode.NAMESPACES:
             sc.unshare(sc.CLONE_NEWPID)
         info_r, info_w = os.pipe() if bwrap else (None, None)
@@ -167,13 +196,20 @@ class RunnerFactory:
         pid = os.fork()
         if pid == 0:
             try:
-                self._runner_main([*child_fds, own_pidfd, *([info_w] if bwrap else [])], session, uid, work_dir)
+                self._runner_main([*child_fds, own_pidfd, *([info_w] if bwrap else [])], session, uid, work_dir,
+                                  procs_fd if bwrap else None)
             except BaseException:
                 _print_internal_error()
             finally:
                 os._exit(runner.SETUP_FAILED_EXIT)
         for fd in (own_pidfd, *child_fds, *([info_w] if bwrap else [])):
             os.close(fd)
+        if procs_fd is not None and bwrap:
+            os.close(procs_fd)  # a runner that becomes bwrap joined itself before exec (bwrap forks at once)
+        elif procs_fd is not None:
+            # Moving a process costs an RCU grace period (ms): done here while the runner sets
+            # itself up, and before its pidfd (hence its code) is handed out.
+            cgroups.join(procs_fd, pid)
         target = (_bwrap_child_pid(info_r) or pid) if bwrap else pid
         try:
             pidfd = os.pidfd_open(target)
@@ -190,13 +226,20 @@ class RunnerFactory:
             except OSError:
                 pass
             shutil.rmtree(work_dir, ignore_errors=True)
+        oom_killed = False
+        if self.cgroups is not None:
+            oom_killed = self.cgroups.oom_killed(cgroup_name)
+            self.cgroups.remove(cgroup_name)
         try:
-            sup.sendall(STATUS.pack(status))
+            sup.sendall(FINAL.pack(status, int(oom_killed)))
         except OSError:
             pass
 
-    def _runner_main(self, fds: list[int], session: bool, uid: int, work_dir: str | None) -> None:
+    def _runner_main(self, fds: list[int], session: bool, uid: int, work_dir: str | None,
+                     procs_fd: int | None) -> None:
         """fds: stdout, stderr, control, status, the supervisor's pidfd (+ bwrap's info pipe)."""
+        if procs_fd is not None:
+            cgroups.join(procs_fd)  # before exec: all that bubblewrap starts is counted
         os.setsid()
         arrange_fds([os.open("/dev/null", os.O_RDWR), *fds])  # supervisor pidfd: 5, bwrap info: 6
         _arm_death_signal(5)
@@ -214,11 +257,18 @@ class RunnerFactory:
             runner.report_setup_failure(exc)
         runner.serve(session)
 
+    def denied_syscalls(self, sysv_capped: bool) -> tuple[str, ...]:
+        """Optional seccomp denials: memfd without a memory cgroup, SysV IPC where it is not capped."""
+        deny = () if self.cgroups is not None else ("memfd_create",)
+        return deny if sysv_capped else (*deny, "shmget", "msgget")
+
     def _isolate_runner(self, uid: int, work_dir: str | None) -> None:
         drop_uid = os.geteuid() == 0 and not self.user_namespace
+        sysv_capped = False
         if self.s.mode is IsolationMode.NAMESPACES:
-            sc.unshare(sc.CLONE_NEWNS)
+            sc.unshare(RUNNER_NAMESPACES)
             rootfs.mount_scratch(self.s.tmpfs_mb, self.s.tmpfs_inodes, uid if drop_uid else None)
+            sysv_capped = cap_sysv_ipc(self.s.tmpfs_mb)
         elif drop_uid and _readable_by_others(sys.prefix, sys.base_prefix):
             os.chown(work_dir, uid, uid)
         else:
@@ -236,7 +286,7 @@ class RunnerFactory:
         if self.user_namespace:
             sc.drop_capabilities()
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-        seccomp.install()
+        seccomp.install(self.denied_syscalls(sysv_capped))
 
     def _rlimits(self) -> dict[str, list[int]]:
         mb = 1 << 20
@@ -249,16 +299,14 @@ class RunnerFactory:
         rlimits = self._rlimits()
         inside = {"RLIMIT_NPROC": rlimits.pop("RLIMIT_NPROC")}  # counted per user namespace
         runner.apply_rlimits(rlimits)
-        program_r, program_w = os.pipe()
-        os.write(program_w, seccomp.filter_program() or b"")
-        os.close(program_w)
-        os.set_inheritable(program_r, True)
+        program = seccomp.filter_program(deny=self.denied_syscalls(sysv_capped=False)) or b""
         settings = {"env": SNIPPET_ENV, "work_dir": rootfs.WORK_DIR, "rlimits": inside,
                     "preimport": list(LIGHT_PREIMPORTS), "session": session,
-                    "drop_to_uid": uid if os.geteuid() == 0 else None}
-        seccomp_args = ["--seccomp", str(program_r)] if seccomp.filter_program() else []
-        seccomp_args += ["--info-fd", "6"]  # tells the supervisor the sandboxed process's PID
-        os.execv(self.bwrap_argv[0], [*self.bwrap_argv, *seccomp_args, "--", sys.executable, "-I", "-c",
+                    "drop_to_uid": uid if os.geteuid() == 0 else None, "hidden_packages": self.s.hidden_packages}
+        extra_args = ["--seccomp", str(_data_fd(program))] if program else []
+        extra_args += ["--info-fd", "6"]  # tells the supervisor the sandboxed process's PID
+        extra_args += rootfs.bwrap_mask_args(self.hidden, _data_fd)
+        os.execv(self.bwrap_argv[0], [*self.bwrap_argv, *extra_args, "--", sys.executable, "-I", "-c",
                                       self.runner_source + "\nbwrap_main(sys.argv[1])\n", json.dumps(settings)])
 
     def reap(self, block_s: float = 0.0) -> None:
@@ -275,6 +323,15 @@ class RunnerFactory:
             except OSError:
                 pass
         self.reap(block_s=REAP_S)
+
+
+def _data_fd(data: bytes) -> int:
+    """An inheritable fd from which `data` (small: it must fit the pipe buffer) can be read once."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    return read_end
 
 
 def reap_children(block_s: float = 0.0) -> set[int]:
@@ -303,7 +360,7 @@ def start_zygote(factory: RunnerFactory) -> tuple[int, Channel]:
         try:
             parent.close()
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            close_fds_except([child.fileno()])
+            close_fds_except([child.fileno(), *factory.keep_fds()])
             sc.prctl(PR_SET_CHILD_SUBREAPER, 1)
             factory.pid = os.getpid()
             _serve_zygote(Channel(child), factory)

@@ -6,18 +6,22 @@ Started by the pool with `subprocess` (never a fork of the trainer), one per poo
 (which imports gymnasium and loads plugins: slow, large to fork, and foreign code in a
 process that runs as root). `python -m spo_agents.sandbox.helper FD` works too.
 
-Start-up (namespaces mode): pre-import the allowed modules; unshare network, mount, IPC and
-UTS namespaces (plus a user namespace when not root); build the allow-list root and pivot
-into it (`rootfs.py`); `gc.freeze()`; fork the zygote that will fork every runner
-(`factory.py`); then run a probe snippet through the full path, whose findings from inside
-the sandbox are the capability report sent in the "hello" frame.
+Start-up (namespaces mode): pre-import the allowed modules; make the helper's directory of
+runner memory cgroups (`cgroups.py`, when one is usable); unshare network, mount, IPC and UTS
+namespaces (plus a user namespace when not root); build the allow-list root, with the hidden
+packages masked, and pivot into it (`rootfs.py`); blank the process's command line and
+environment strings (they name the project's directory and are inherited by every runner);
+`gc.freeze()`; fork the zygote that will fork every runner (`factory.py`); then run a probe
+snippet through the full path, whose findings from inside the sandbox are the capability
+report sent in the "hello" frame.
 
 Serving: for a stateless call the helper takes its ready runner (asked from the zygote as
 soon as the previous call was answered, so its set-up overlaps the caller's think time),
 sends it the code and supervises it (`supervise.py`). A stateful session's runner is created
 the same way, but its descriptors go to the pool, which lends them to any helper per call.
 
-Left out: cgroups (no memory.max / pids.max: RLIMIT_AS is per process, not per sandbox).
+A failure while handling one call (whatever a runner sent) ends that call with an error
+result; it never takes the helper, and with it the other sessions it serves, down.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import signal
 import socket
 import sys
 
-from spo_agents.sandbox import rootfs, runner
+from spo_agents.sandbox import cgroups, rootfs, runner
 from spo_agents.sandbox import syscalls as sc
 from spo_agents.sandbox.factory import (BWRAP_UID, LIGHT_PREIMPORTS, PR_SET_CHILD_SUBREAPER, SNIPPET_ENV,
                                         RunnerFactory, reap_children, start_zygote)
@@ -43,12 +47,38 @@ SPAWN_TIMEOUT_S = 10.0
 ZYGOTE_EXIT_S = 5.0
 # Runs inside a fresh runner at start-up: what the snippet's world really looks like.
 PROBE_CODE = r'''
-import ctypes, json, os, resource, socket
+import ctypes, importlib, json, os, resource, socket, sys
 def check(test):
     try:
         return bool(test())
     except Exception:
         return False
+def refused(*args):
+    try:
+        socket.socket(*args).close()
+    except OSError:
+        return True
+    return False
+def memfd_refused():
+    try:
+        os.close(os.memfd_create("probe"))
+    except OSError:
+        return True
+    return False
+def own_cgroup():
+    return [line for line in open("/proc/self/cgroup").read().splitlines() if EXPECT["cgroup_key"] in line]
+def hidden_names():
+    import fnmatch, pkgutil
+    patterns = EXPECT["hidden_packages"]
+    listed = {m.name for m in pkgutil.iter_modules() if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)}
+    return listed | {p for p in patterns if not any(c in p for c in "*?[")}
+HIDDEN = hidden_names()
+def importable(name):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 libc = ctypes.CDLL(None, use_errno=True)
 print(json.dumps({
@@ -66,6 +96,16 @@ print(json.dumps({
     "seccomp_filter": check(lambda: status["Seccomp"].strip() == "2"),
     "namespaces_blocked": check(lambda: libc.unshare(0x10000000) != 0),
     "cleared_environment": check(lambda: set(os.environ) <= set(EXPECT["env"])),
+    "ipc_namespace": check(lambda: os.readlink("/proc/self/ns/ipc") != EXPECT["helper"]["ipc"]),
+    "runner_network_namespace": check(lambda: os.readlink("/proc/self/ns/net") != EXPECT["helper"]["net"]),
+    "socket_families_filtered": check(lambda: refused(16, socket.SOCK_RAW, 4) and refused(40, socket.SOCK_STREAM, 0)
+                                      and refused(17, socket.SOCK_DGRAM, 0)),
+    "call_memory_limit": check(lambda: own_cgroup() != EXPECT["helper"]["cgroup"] if EXPECT["cgroup"]
+                               else memfd_refused() and EXPECT["sized"]),
+    "packages_hidden": check(lambda: not any(importable(n) for n in HIDDEN)
+                             and not [m for m in sys.modules if m.split(".")[0] in HIDDEN]),
+    "proc_scrubbed": check(lambda: not any(b in open("/proc/1/cmdline", "rb").read()
+                                           for b in (b"spo_agents", b"import", b"/"))),
 }))
 '''
 # `python -c` program the pool starts: import the helper without `spo_agents/__init__`.
@@ -101,6 +141,10 @@ class Helper:
         self.s = settings
         self.user_namespace = False
         self.exposed: list[str] = []
+        self.masked: list[str] = []
+        self.cgroups: cgroups.RunnerCgroups | None = None
+        self.helper_view: dict = {}
+        self.sized = False
         self.ready: RunnerHandle | None = None
         self.zygote_pid = 0
         self.zygote: Channel | None = None
@@ -121,15 +165,37 @@ class Helper:
                 raise SandboxConfigError(f"memory_mb={self.s.memory_mb} leaves no room: the pre-warmed interpreter "
                                          f"already maps {_vm_size_mb():.0f} MB")
         runner.reseed()  # numpy's first seeding costs ~10 ms: pay it here, not in every runner
+        self.helper_view = self._own_view()
+        # without a cgroup, processes x address space (+ scratch) must fit the host's RAM
+        self.sized = self.s.max_processes * self.s.memory_mb + self.s.tmpfs_mb <= cgroups.host_memory_mb()
+        if self.s.cgroup_path:  # before pivot_root: the cgroup file system is not inside
+            base = cgroups.CgroupBase(self.s.cgroup_version, self.s.cgroup_path)
+            self.cgroups = cgroups.RunnerCgroups(base, self.s.call_memory_mb << 20, f"spo-sandbox-{os.getpid()}")
+        hidden = rootfs.hidden_entries(rootfs.site_directories(self.s.readonly_paths), self.s.hidden_packages)
+        runner.scrub_process_title()  # while /proc is still the host's
+        runner.scrub_interpreter(self.s.hidden_packages)  # once here: every runner inherits it
         if self.s.mode is IsolationMode.NAMESPACES:
-            self._enter_namespaces()
+            self._enter_namespaces(hidden)
+        elif self.s.mode is IsolationMode.BWRAP:
+            self.masked = [path for _, path in hidden]
         gc.freeze()
-        factory = RunnerFactory(self.s, self.user_namespace, bwrap_argv, runner_source)
+        factory = RunnerFactory(self.s, self.user_namespace, bwrap_argv, runner_source, self.cgroups,
+                                hidden if self.s.mode is IsolationMode.BWRAP else [])
         self.zygote_pid, self.zygote = start_zygote(factory)
         layers = self._probe()
         return {"mode": self.s.mode.value, "euid": os.geteuid(), "user_namespace": self.user_namespace,
-                "layers": layers, "exposed_paths": self.exposed, "python": sys.version.split()[0],
-                "preimported": [m for m in self.s.preimport if m in sys.modules]}
+                "layers": layers, "exposed_paths": self.exposed, "masked_paths": self.masked,
+                "python": sys.version.split()[0], "preimported": [m for m in self.s.preimport if m in sys.modules]}
+
+    def _own_view(self) -> dict:
+        """The helper's namespaces and memory cgroup, for the probe to compare a runner's with."""
+        key = self._cgroup_key()
+        with open("/proc/self/cgroup") as f:
+            own = [line for line in f.read().splitlines() if key in line]
+        return {"ipc": os.readlink("/proc/self/ns/ipc"), "net": os.readlink("/proc/self/ns/net"), "cgroup": own}
+
+    def _cgroup_key(self) -> str:
+        return ":memory:" if self.s.cgroup_version == 1 else "0::"
 
     @staticmethod
     def _preimport(names) -> None:
@@ -139,7 +205,7 @@ class Helper:
             except ImportError:
                 pass
 
-    def _enter_namespaces(self) -> None:
+    def _enter_namespaces(self, hidden: list[tuple[str, str]]) -> None:
         if os.geteuid() == 0:
             sc.unshare(HELPER_NAMESPACES)
         else:
@@ -150,7 +216,9 @@ class Helper:
             _write_file("/proc/self/gid_map", f"0 {gid} 1")
             self.user_namespace = True
         sc.sethostname("sandbox")
-        self.exposed = rootfs.build_root(self.s.readonly_paths, keep_host_proc=self.user_namespace)
+        self.helper_view.update(ipc=os.readlink("/proc/self/ns/ipc"), net=os.readlink("/proc/self/ns/net"))
+        root = rootfs.build_root(self.s.readonly_paths, keep_host_proc=self.user_namespace, hidden=hidden)
+        self.exposed, self.masked = root.exposed, root.masked
 
     def _bwrap_argv(self) -> list[str]:
         argv = [self.s.bwrap_path or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
@@ -175,7 +243,9 @@ class Helper:
     def _probe(self) -> dict:
         expect = {"hidden": ["/etc/shadow", "/home", "/var/log"],
                   "tmp_bytes": int(self.s.tmpfs_mb * 1.05) << 20, "as_bytes": self.s.memory_mb << 20,
-                  "env": sorted(SNIPPET_ENV)}
+                  "env": sorted(SNIPPET_ENV), "helper": self.helper_view, "cgroup": self.cgroups is not None,
+                  "cgroup_key": self._cgroup_key(), "sized": self.sized,
+                  "hidden_packages": list(self.s.hidden_packages)}
         code = f"EXPECT = {expect!r}\n{PROBE_CODE}"
         header, payload = self.execute(self.spawn(session=False, uid=self.s.slot_uid),
                                        {"code_len": len(code.encode()), "timeout_s": PROBE_TIMEOUT_S},
@@ -204,7 +274,8 @@ class Helper:
         try:
             facts = supervise_call(handle, request, timeout_s, self.s.output_limit_bytes,
                                    ready_known=bool(header.get("ready_known")))
-        except OSError as exc:
+        except Exception as exc:  # whatever went wrong, only this runner pays: stop it, report
+            handle.kill()
             facts = CallFacts(outcome=Outcome.EXITED, duration_s=0.0, setup_error=f"{type(exc).__name__}: {exc}")
         return self._result_header(facts, timeout_s, session), bytes(facts.stdout) + bytes(facts.stderr)
 
@@ -213,7 +284,9 @@ class Helper:
         status, error = classify(facts.exit_code, facts.signal, timed_out=facts.outcome is Outcome.TIMED_OUT,
                                  truncated=facts.outcome is Outcome.OUTPUT_LIMIT, timeout_s=timeout_s,
                                  output_limit_bytes=self.s.output_limit_bytes, stderr=stderr,
-                                 setup_error=facts.setup_error)
+                                 setup_error=facts.setup_error, violation=facts.violation,
+                                 status_lost=facts.status_lost, oom_killed=facts.oom_killed,
+                                 call_memory_mb=self.s.call_memory_mb)
         return {"status": status.value, "error": error, "exit_code": facts.exit_code, "signal": facts.signal,
                 "timed_out": facts.outcome is Outcome.TIMED_OUT, "truncated": facts.outcome is Outcome.OUTPUT_LIMIT,
                 "duration_s": round(facts.duration_s, 6), "stdout_len": len(facts.stdout),
@@ -276,6 +349,8 @@ class Helper:
                 except OSError:
                     pass
             reap_children(block_s=1.0)  # the zygote, and orphans reparented to us
+        if self.cgroups is not None:
+            self.cgroups.remove_all()
 
 
 def main(fd: int) -> None:

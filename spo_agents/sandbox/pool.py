@@ -36,9 +36,10 @@ import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from spo_agents.sandbox import cgroups
 from spo_agents.sandbox import helper as helper_module
 from spo_agents.sandbox.capabilities import UNISOLATED_WARNING, CapabilityReport, find_bwrap
-from spo_agents.sandbox.config import SandboxConfig
+from spo_agents.sandbox.config import SandboxConfig, resolved_limits
 from spo_agents.sandbox.protocol import Channel, ChannelClosed, HelperSettings, IsolationMode, SandboxConfigError
 from spo_agents.sandbox.result import ExecResult, ExecStatus
 
@@ -160,6 +161,9 @@ class HelperClient:
                 proc.kill()
         if proc is not None:
             proc.wait()
+            if self.settings.cgroup_path:  # a killed helper could not remove its runners' cgroups
+                cgroups.remove_leftovers(cgroups.CgroupBase(self.settings.cgroup_version, self.settings.cgroup_path),
+                                         proc.pid)
 
 
 def candidate_modes(config: SandboxConfig, bwrap_path: str | None) -> list[IsolationMode]:
@@ -173,12 +177,29 @@ def candidate_modes(config: SandboxConfig, bwrap_path: str | None) -> list[Isola
     return modes
 
 
-def helper_settings(config: SandboxConfig, mode: IsolationMode, uid: int, bwrap_path: str | None) -> HelperSettings:
+def memory_cgroup(config: SandboxConfig) -> tuple[cgroups.CgroupBase | None, str]:
+    """The cgroup runners' memory cgroups go under (or None, and why); checks the settings that need one."""
+    try:
+        base, why_not = cgroups.find_base(config.cgroup)
+    except ValueError as exc:
+        raise SandboxConfigError(str(exc)) from exc
+    if base is None and config.call_memory_mb is not None:
+        raise SandboxConfigError(f"call_memory_mb={config.call_memory_mb} needs a memory cgroup, and there is none "
+                                 f"here: {why_not}")
+    return base, why_not
+
+
+def helper_settings(config: SandboxConfig, mode: IsolationMode, uid: int, bwrap_path: str | None,
+                    cgroup: cgroups.CgroupBase | None = None) -> HelperSettings:
+    max_processes, call_memory_mb = resolved_limits(config, cgroup is not None)
     return HelperSettings(
         mode=mode, slot_uid=uid, memory_mb=config.memory_mb, output_limit_bytes=config.output_limit_bytes,
-        max_processes=config.max_processes, max_open_files=config.max_open_files, max_file_mb=config.max_file_mb,
+        max_processes=max_processes, max_open_files=config.max_open_files, max_file_mb=config.max_file_mb,
         tmpfs_mb=config.tmpfs_mb, tmpfs_inodes=config.tmpfs_inodes, session_cpu_s=config.session_cpu_s,
-        preimport=list(config.preimport), readonly_paths=list(config.readonly_paths), bwrap_path=bwrap_path)
+        call_memory_mb=call_memory_mb, cgroup_version=cgroup.version if cgroup else 0,
+        cgroup_path=cgroup.path if cgroup else None, preimport=list(config.preimport),
+        readonly_paths=list(config.readonly_paths), hidden_packages=list(config.hidden_packages),
+        bwrap_path=bwrap_path)
 
 
 def _shutdown(helpers: list[HelperClient], sessions: "weakref.WeakSet", owner_pid: int) -> None:
@@ -217,13 +238,15 @@ class SandboxPool:
     # start-up ----------------------------------------------------------------------------------
     def _start(self) -> CapabilityReport:
         bwrap_path = find_bwrap(self.config.bwrap_path)
+        cgroup, no_cgroup_reason = memory_cgroup(self.config)
         failures: dict[str, str] = {}
         for mode in candidate_modes(self.config, bwrap_path):
             if mode is IsolationMode.BWRAP and not bwrap_path:
                 failures[mode.value] = "bwrap not found"
                 continue
-            clients = [HelperClient(helper_settings(self.config, mode, self.config.slot_uid(slot), bwrap_path),
-                                    self.config.start_timeout_s) for slot in range(self.config.num_helpers)]
+            clients = [HelperClient(helper_settings(self.config, mode, self.config.slot_uid(slot), bwrap_path,
+                                                    cgroup), self.config.start_timeout_s)
+                       for slot in range(self.config.num_helpers)]
             clients[0].start()
             try:
                 report = clients[0].wait_ready()
@@ -240,6 +263,7 @@ class SandboxPool:
                 self.close()
                 raise
             capabilities = CapabilityReport.from_hello(report, bwrap_path, failures)
+            capabilities.describe_memory(clients[0].settings, no_cgroup_reason)
             if mode is IsolationMode.UNISOLATED:
                 warnings.warn(UNISOLATED_WARNING, RuntimeWarning, stacklevel=3)
                 logger.warning(UNISOLATED_WARNING)

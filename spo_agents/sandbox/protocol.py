@@ -52,8 +52,12 @@ class HelperSettings:
     tmpfs_mb: int
     tmpfs_inodes: int
     session_cpu_s: int
+    call_memory_mb: int = 0
+    cgroup_version: int = 0  # 0: no memory cgroup (memfd_create is then denied)
+    cgroup_path: str | None = None  # where the helper makes its directory of runner cgroups
     preimport: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
+    hidden_packages: list[str] = field(default_factory=list)
     bwrap_path: str | None = None
 
     def to_dict(self) -> dict:

@@ -51,14 +51,27 @@ def _signal_name(number: int) -> str:
 
 
 def classify(exit_code: int | None, signal: int | None, *, timed_out: bool, truncated: bool, timeout_s: float,
-             output_limit_bytes: int, stderr: str, setup_error: str | None = None) -> tuple[ExecStatus, str | None]:
-    """(status, one-line error) for the facts of a call; error is None when it succeeded."""
+             output_limit_bytes: int, stderr: str, setup_error: str | None = None, violation: str | None = None,
+             status_lost: bool = False, oom_killed: bool = False,
+             call_memory_mb: int = 0) -> tuple[ExecStatus, str | None]:
+    """(status, one-line error) for the facts of a call; error is None when it succeeded.
+
+    A call whose end nobody could observe (`status_lost`) is a sandbox error, never "ok"."""
     if setup_error:
         return ExecStatus.SANDBOX_ERROR, f"sandbox setup failed: {setup_error}"
+    if violation:
+        return ExecStatus.ERROR, (f"the code wrote to the sandbox's status channel (fd 4: {violation}); "
+                                  "its interpreter was stopped")
     if timed_out:
         return ExecStatus.TIMEOUT, f"timed out after {timeout_s:g} s"
     if truncated:
         return ExecStatus.OUTPUT_LIMIT, f"output limit of {output_limit_bytes} bytes exceeded; the process was stopped"
+    if status_lost:
+        return ExecStatus.SANDBOX_ERROR, "the sandboxed interpreter is gone and its supervisor with it"
+    if oom_killed and signal:
+        return ExecStatus.CRASHED, f"out of memory: the call's memory limit ({call_memory_mb} MB) was exceeded"
+    if exit_code is None and not signal:
+        return ExecStatus.SANDBOX_ERROR, "the sandboxed process ended without an exit status"
     if signal:
         text = _SIGNAL_TEXT.get(signal, "killed")
         return ExecStatus.CRASHED, f"{text} ({_signal_name(signal)})"

@@ -8,6 +8,13 @@ the project checkout (except a virtual environment inside it), /var, /srv, /mnt,
 of host services and the host's /proc are simply not there. A path needed by a custom
 interpreter layout can be added with `SandboxConfig.readonly_paths`.
 
+Hidden packages: site-packages is exposed whole, but the project's own packages and its
+environments (`SandboxConfig.hidden_packages`: spo_agents, spo_env_*) must not be: with a
+normal install their task generators and graders sit there, and code that imports them can
+regenerate a task and copy its reference solution. Each matching entry is covered by a
+read-only mount: a package directory by one whose `__init__.py` raises ModuleNotFoundError,
+a module by such a file, metadata and .pth files by empty ones (`hidden_entries`).
+
 `mount_scratch` runs in every runner, in a mount namespace of its own: one size- and
 inode-capped tmpfs backs the work directory, /tmp, /var/tmp and /dev/shm (so their total is
 capped, and it all disappears with the runner), and a new procfs shows only the runner's
@@ -19,6 +26,7 @@ nothing here applies to the unisolated mode.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
 
@@ -45,6 +53,76 @@ SYNTHETIC_FILES = {
 }
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2"}
+
+
+MASK_DIR = "/.masks"
+HIDDEN_MODULE = ("raise ModuleNotFoundError(\"No module named {name!r} (hidden inside the sandbox)\", "
+                 "name={name!r})\n")
+
+
+def _entry_name(entry: str) -> str:
+    """The top-level module a site-packages entry belongs to (spo_agents-0.1.dist-info -> spo_agents)."""
+    for prefix in ("__editable___", "__editable__."):
+        if entry.startswith(prefix):
+            entry = entry[len(prefix):]
+    for suffix in (".dist-info", ".egg-info", ".egg-link", ".pth", ".py"):
+        if entry.endswith(suffix):
+            entry = entry[: -len(suffix)]
+            return entry.split("-", 1)[0]
+    return entry
+
+
+def hidden_entries(directories: list[str], patterns: list[str]) -> list[tuple[str, str]]:
+    """(kind, host path) for every entry of `directories` that belongs to a hidden package.
+
+    kind: "package" (a package directory), "module" (a .py file), "directory" (metadata) or
+    "file" (.pth, editable-install finders' data). An editable finder such as
+    `__editable___spo_agents_0_1_finder.py` matches `spo_agents` by prefix."""
+    found = []
+    for directory in dict.fromkeys(os.path.realpath(d) for d in directories):
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            name = _entry_name(entry)
+            if not any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + "_*") for p in patterns):
+                continue
+            path = os.path.join(directory, entry)
+            if os.path.islink(path):
+                continue  # a symlink leads elsewhere: the target is only visible if exposed itself
+            if os.path.isdir(path):
+                kind = "package" if os.path.exists(os.path.join(path, "__init__.py")) or "." not in entry \
+                    else "directory"
+            else:
+                kind = "module" if entry.endswith(".py") and not entry.startswith("__editable__") else "file"
+            found.append((kind, path))
+    return found
+
+
+def site_directories(extra_paths: list[str]) -> list[str]:
+    """Directories whose entries are importable inside the sandbox: site-packages and extras."""
+    return [p for p in python_paths() if os.path.isdir(p) and p != sys.prefix] + \
+        [p for p in extra_paths if os.path.isdir(p)]
+
+
+def mask_content(kind: str, path: str) -> bytes:
+    name = _entry_name(os.path.basename(path))
+    return HIDDEN_MODULE.format(name=name).encode() if kind in ("package", "module") else b""
+
+
+def bwrap_mask_args(hidden: list[tuple[str, str]], data_fd) -> list[str]:
+    """bubblewrap options that mask `hidden` entries; `data_fd(bytes)` makes an fd to read from."""
+    args = []
+    for kind, path in hidden:
+        if kind in ("package", "directory"):
+            args += ["--perms", "0755", "--tmpfs", path]
+            if kind == "package":
+                args += ["--ro-bind-data", str(data_fd(mask_content(kind, path))), path + "/__init__.py"]
+            args += ["--remount-ro", path]
+        else:
+            args += ["--ro-bind-data", str(data_fd(mask_content(kind, path))), path]
+    return args
 
 
 def python_paths() -> list[str]:
@@ -108,6 +186,7 @@ class RootBuilder:
     def __init__(self, staging: str):
         self.staging = staging
         self.exposed: list[str] = []
+        self.masked: list[str] = []
 
     def _mkdirs(self, path: str) -> str:
         """Create `path` (absolute) under staging, refusing to walk through a symlink."""
@@ -154,14 +233,32 @@ class RootBuilder:
                 with open(os.path.join(self._mkdirs(os.path.dirname(path)), os.path.basename(path)), "w") as f:
                     f.write(text)
 
+    def hide(self, hidden: list[tuple[str, str]]) -> None:
+        """Cover each hidden entry (already exposed through its site-packages) with a mask."""
+        for index, (kind, path) in enumerate(hidden):
+            mask = os.path.join(self._mkdirs(MASK_DIR), str(index))
+            if kind in ("package", "directory"):
+                os.mkdir(mask, 0o755)
+                if kind == "package":
+                    with open(os.path.join(mask, "__init__.py"), "wb") as f:
+                        f.write(mask_content(kind, path))
+            else:
+                with open(mask, "wb") as f:
+                    f.write(mask_content(kind, path))
+            target = self.staging + path
+            sc.mount(mask, target, None, sc.MS_BIND)
+            sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
+            self.masked.append(path)
+
     def add_mount_points(self) -> None:
         for path in ("/proc", "/tmp", "/var/tmp", "/dev/shm", WORK_DIR, SCRATCH_DIR):
             self._mkdirs(path)
         os.chmod(self.staging + "/tmp", 0o1777)
 
 
-def build_root(extra_paths: list[str], keep_host_proc: bool, staging: str = "/tmp") -> list[str]:
-    """Build the allow-list root and pivot into it; returns the exposed host paths.
+def build_root(extra_paths: list[str], keep_host_proc: bool, hidden: list[tuple[str, str]] = (),
+               staging: str = "/tmp") -> RootBuilder:
+    """Build the allow-list root and pivot into it; returns what was exposed and masked.
 
     Must run in a fresh mount namespace. `keep_host_proc` leaves the host /proc under /proc
     (covered by every runner's own procfs): the kernel lets a user namespace mount a procfs
@@ -171,6 +268,7 @@ def build_root(extra_paths: list[str], keep_host_proc: bool, staging: str = "/tm
     sc.mount("tmpfs", staging, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "size=4m,nr_inodes=8192,mode=0755")
     builder = RootBuilder(staging)
     builder.apply(plan_exposures(sandbox_paths(extra_paths)))
+    builder.hide([(kind, path) for kind, path in hidden if os.path.lexists(staging + path)])
     builder.add_files(SYNTHETIC_FILES)
     builder.add_devices()
     builder.add_mount_points()
@@ -183,7 +281,7 @@ def build_root(extra_paths: list[str], keep_host_proc: bool, staging: str = "/tm
     sc.umount2("/.oldroot", sc.MNT_DETACH)
     os.rmdir("/.oldroot")
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
-    return builder.exposed
+    return builder
 
 
 def mount_scratch(size_mb: int, inodes: int, owner_uid: int | None) -> None:

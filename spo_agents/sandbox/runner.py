@@ -13,7 +13,13 @@ File descriptors inside the sandbox (set up by whoever started the runner):
 In stateless mode the runner serves one request and exits with the snippet's exit code; it
 closes the status pipe before running the code, so a snippet cannot forge status frames.
 In session mode it loops, keeping `__main__` between calls, and reports each call's exit
-code on the status pipe (a snippet can write there too; it can only confuse its own session).
+code on the status pipe (a snippet can write there too; the helper validates every frame and
+ends the session on a malformed one, see `supervise.py`).
+
+Before the first request the runner forgets where it came from (`scrub_interpreter`,
+`scrub_process_title`): the helper's command line and environment (which name the project's
+directory), the project's modules and any editable-install finder are removed, so a snippet
+finds neither host paths nor the project's packages (task generators, graders) through them.
 
 This module imports nothing from spo_agents: in bubblewrap mode its source is passed to a
 fresh `python -c` inside the sandbox. It is not an isolation layer by itself.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import fnmatch
 import io
 import json
 import linecache
@@ -92,6 +99,39 @@ def install_environment(env: dict[str, str], work_dir: str) -> None:
     os.chdir(work_dir)
     sys.argv = ["-c"]
     sys.path[:] = [p for p in sys.path if p and os.path.isdir(p)]
+
+
+def _hidden(name: str, patterns: list[str]) -> bool:
+    top = name.split(".", 1)[0]
+    return top.startswith("__editable__") or any(fnmatch.fnmatchcase(top, p) for p in patterns)
+
+
+def scrub_interpreter(hidden_packages: list[str]) -> None:
+    """Forget the helper's command line, the hidden packages' modules and editable finders."""
+    sys.argv = ["-c"]
+    sys.orig_argv = ["-c"]
+    for name in [n for n in sys.modules if _hidden(n, hidden_packages)]:
+        del sys.modules[name]
+    sys.meta_path[:] = [f for f in sys.meta_path if not _hidden(getattr(f, "__module__", "") or "", hidden_packages)
+                        and not _hidden(type(f).__module__, hidden_packages)]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if not _hidden(getattr(h, "__module__", "") or "", hidden_packages)]
+    sys.path_importer_cache.clear()
+
+
+def scrub_process_title(title: bytes = b"python3") -> None:
+    """Overwrite this process's original argv and environment strings (what /proc/PID/cmdline
+    and /proc/PID/environ show) with `title` and zeros; Python keeps its own copies."""
+    import ctypes
+
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])  # stat fields 48-51
+    if not arg_start or arg_end <= arg_start:
+        return
+    ctypes.memset(arg_start, 0, arg_end - arg_start)
+    if env_end > env_start:
+        ctypes.memset(env_start, 0, env_end - env_start)
+    ctypes.memmove(arg_start, title, min(len(title), arg_end - arg_start - 1))
 
 
 def install_stdio() -> None:
@@ -243,11 +283,13 @@ def bwrap_main(settings_json: str) -> None:
         install_stdio()
         install_environment(settings["env"], settings["work_dir"])
         apply_rlimits(settings["rlimits"])
+        scrub_process_title()
         for name in settings["preimport"]:
             try:
                 __import__(name)
             except ImportError:
                 pass
+        scrub_interpreter(settings["hidden_packages"])
     except BaseException as exc:
         report_setup_failure(exc)
     serve(settings["session"])

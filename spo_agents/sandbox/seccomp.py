@@ -8,9 +8,20 @@ exploits go through user namespaces, bpf, io_uring, userfaultfd, keyrings, perf)
 Denied with EPERM: unshare, setns, clone with any CLONE_NEW* flag, mount and the new mount
 API, umount2, pivot_root, chroot, bpf, perf_event_open, userfaultfd, io_uring_*, keyctl,
 add_key, request_key, kexec and module loading. clone3 gets ENOSYS, so glibc falls back to
-clone (whose flags a classic BPF filter can inspect). Everything else is allowed: this is a
-deny-list for attack surface, not the isolation itself (namespaces, rlimits and the UID do
-that). Other architectures than x86_64 and aarch64 get no filter (reported by `check`).
+clone (whose flags a classic BPF filter can inspect).
+
+Sockets: only AF_UNIX, AF_INET, AF_INET6 and route netlink (NETLINK_ROUTE, which glibc's
+`if_nameindex` and `getaddrinfo` use) may be created; every other family (vsock, which a
+network namespace does not cover, packet, alg, other netlink protocols, bluetooth, ...) gets
+EAFNOSUPPORT, as if the kernel lacked it.
+
+Optional, chosen per runner: `memfd_create` (anonymous files, memory that RLIMIT_AS does not
+count; denied when no memory cgroup bounds the call) and SysV `shmget` / `msgget` (denied
+where their per-namespace size limits cannot be set, e.g. bubblewrap mode).
+
+Everything else is allowed: this is a deny-list for attack surface, not the isolation
+itself (namespaces, rlimits and the UID do that). Other architectures than x86_64 and
+aarch64 get no filter (reported by `check`).
 """
 
 from __future__ import annotations
@@ -27,8 +38,11 @@ SECCOMP_MODE_FILTER = 2
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
 NAMESPACE_CLONE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+NETLINK_ROUTE = 0
 
 _LD_W_ABS, _JEQ_K, _JGE_K, _RET_K, _AND_K = 0x20, 0x15, 0x35, 0x06, 0x54
+_NR, _ARCH, _ARG0, _ARG2 = 0, 4, 16, 32  # offsets in struct seccomp_data (low 32 bits of args)
 
 # name -> (x86_64, aarch64) syscall numbers
 _DENIED = {
@@ -41,7 +55,9 @@ _DENIED = {
     "fspick": (433, 433), "mount_setattr": (442, 442), "io_uring_setup": (425, 425),
     "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
 }
-_ARCHES = {  # machine -> (audit arch, index into _DENIED, clone, clone3, reject x32 numbers)
+OPTIONAL = {"memfd_create": (319, 279), "shmget": (29, 194), "msgget": (68, 186)}
+_SOCKET_CALLS = {"socket": (41, 198), "socketpair": (53, 199)}
+_ARCHES = {  # machine -> (audit arch, index into the tables, clone, clone3, reject x32 numbers)
     "x86_64": (0xC000003E, 0, 56, 435, True),
     "aarch64": (0xC00000B7, 1, 220, 435, False),
 }
@@ -52,23 +68,42 @@ def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
-def filter_program(machine: str | None = None) -> bytes | None:
-    """The BPF program as raw `struct sock_filter` bytes, or None on unsupported machines."""
+def _socket_rules(column: int) -> list[bytes]:
+    """socket()/socketpair(): allow AF_UNIX, AF_INET, AF_INET6 and NETLINK_ROUTE, else EAFNOSUPPORT."""
+    socket_nr, socketpair_nr = (numbers[column] for numbers in _SOCKET_CALLS.values())
+    block = [
+        _insn(_LD_W_ABS, _ARG0),
+        _insn(_JEQ_K, AF_UNIX, 6, 0), _insn(_JEQ_K, AF_INET, 5, 0), _insn(_JEQ_K, AF_INET6, 4, 0),
+        _insn(_JEQ_K, AF_NETLINK, 0, 2), _insn(_LD_W_ABS, _ARG2), _insn(_JEQ_K, NETLINK_ROUTE, 1, 0),
+        _insn(_RET_K, RET_ERRNO | errno.EAFNOSUPPORT), _insn(_RET_K, RET_ALLOW),
+    ]
+    return [_insn(_JEQ_K, socket_nr, 1, 0), _insn(_JEQ_K, socketpair_nr, 0, len(block)), *block]
+
+
+def filter_program(machine: str | None = None, deny: tuple[str, ...] = ()) -> bytes | None:
+    """The BPF program as raw `struct sock_filter` bytes, or None on unsupported machines.
+
+    `deny`: names from `OPTIONAL` to refuse as well (EPERM)."""
     arch = _ARCHES.get((machine or platform.machine()).lower())
     if arch is None:
         return None
+    unknown = set(deny) - set(OPTIONAL)
+    if unknown:
+        raise ValueError(f"not optional syscalls: {sorted(unknown)}")
     audit_arch, column, clone_nr, clone3_nr, reject_x32 = arch
-    deny = RET_ERRNO | errno.EPERM
-    prog = [_insn(_LD_W_ABS, 4), _insn(_JEQ_K, audit_arch, 1, 0), _insn(_RET_K, deny), _insn(_LD_W_ABS, 0)]
+    refuse = RET_ERRNO | errno.EPERM
+    prog = [_insn(_LD_W_ABS, _ARCH), _insn(_JEQ_K, audit_arch, 1, 0), _insn(_RET_K, refuse),
+            _insn(_LD_W_ABS, _NR)]
     if reject_x32:
-        prog += [_insn(_JGE_K, 0x40000000, 0, 1), _insn(_RET_K, deny)]
+        prog += [_insn(_JGE_K, 0x40000000, 0, 1), _insn(_RET_K, refuse)]
     prog += [_insn(_JEQ_K, clone3_nr, 0, 1), _insn(_RET_K, RET_ERRNO | errno.ENOSYS)]
-    for numbers in _DENIED.values():
-        prog += [_insn(_JEQ_K, numbers[column], 0, 1), _insn(_RET_K, deny)]
+    for numbers in [*_DENIED.values(), *(OPTIONAL[name] for name in sorted(set(deny)))]:
+        prog += [_insn(_JEQ_K, numbers[column], 0, 1), _insn(_RET_K, refuse)]
+    prog += _socket_rules(column)
     prog += [
         _insn(_JEQ_K, clone_nr, 1, 0), _insn(_RET_K, RET_ALLOW),
-        _insn(_LD_W_ABS, 16), _insn(_AND_K, NAMESPACE_CLONE_FLAGS),  # low 32 bits of the flags
-        _insn(_JEQ_K, 0, 0, 1), _insn(_RET_K, RET_ALLOW), _insn(_RET_K, deny),
+        _insn(_LD_W_ABS, _ARG0), _insn(_AND_K, NAMESPACE_CLONE_FLAGS),  # low 32 bits of the flags
+        _insn(_JEQ_K, 0, 0, 1), _insn(_RET_K, RET_ALLOW), _insn(_RET_K, refuse),
     ]
     return b"".join(prog)
 
@@ -77,9 +112,9 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install() -> bool:
+def install(deny: tuple[str, ...] = ()) -> bool:
     """Apply the filter to this process (needs no_new_privs first); False if unsupported."""
-    program = filter_program()
+    program = filter_program(deny=deny)
     if program is None:
         return False
     buffer = ctypes.create_string_buffer(program, len(program))

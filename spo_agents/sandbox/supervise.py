@@ -12,6 +12,13 @@ When a namespaced runner is found dead, its whole PID namespace is already empty
 lets a namespace's init finish exiting only after every other member is gone), so "the call
 returned" implies "nothing it started survives". That guarantee is weaker in bubblewrap mode
 (the namespace's init dies an instant later) and absent in the unisolated mode.
+
+Nothing read from the runner is trusted: in a session the snippet owns the status pipe's
+write end (fd 4), so a status frame must be small (`MAX_STATUS_FRAME`), valid JSON, a dict,
+and the one event the runner's state allows (ready/setup_error before readiness, then one
+"done" with an int exit code per call). Anything else stops that runner (and only it) and the
+call reports what the code did; the helper never buffers more than the cap. A runner whose
+end cannot be told (its supervisor is gone too) is a sandbox error, never "ok".
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from spo_agents.sandbox.runner import FRAME
 
 READ_SIZE = 65536
 DRAIN_S = 5.0
-STATUS = struct.Struct("!i")
+MAX_STATUS_FRAME = 4096
+STATUS = struct.Struct("!i")  # the runner's pid, sent with its pidfd
+FINAL = struct.Struct("!ii")  # the runner's wait status, and whether its cgroup saw an OOM kill
 _EVENT_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
@@ -86,6 +95,7 @@ class Outcome(str, enum.Enum):
     EXITED = "exited"  # the runner exited (always, for a stateless call)
     TIMED_OUT = "timed_out"
     OUTPUT_LIMIT = "output_limit"
+    STATUS_VIOLATION = "status_violation"  # the code wrote to the status pipe; the runner was stopped
 
 
 @dataclass
@@ -97,6 +107,9 @@ class CallFacts:
     exit_code: int | None = None
     signal: int | None = None
     setup_error: str | None = None
+    violation: str | None = None
+    status_lost: bool = False  # the runner is gone and nobody could tell how it ended
+    oom_killed: bool = False
     runner_alive: bool = False
     ready: bool = False
 
@@ -113,6 +126,7 @@ class _Call:
         self.ready = False
         self.setup_error: str | None = None
         self.done_exit_code: int | None = None
+        self.violation: str | None = None
         self.truncated = False
         self.poller = select.poll()
         self.open_fds: set[int] = set()
@@ -156,29 +170,55 @@ class _Call:
 
     def read_status(self) -> None:
         try:
-            chunk = os.read(self.handle.status_r, READ_SIZE)
+            chunk = os.read(self.handle.status_r, MAX_STATUS_FRAME)
         except BlockingIOError:
             return
         if not chunk:
             self.forget(self.handle.status_r)
             return
+        if self.violation is not None:
+            return  # the runner is being stopped: discard the rest unread
         self.status_buffer += chunk
-        while len(self.status_buffer) >= FRAME.size:
+        while len(self.status_buffer) >= FRAME.size and self.violation is None:
             header_len, payload_len = FRAME.unpack(self.status_buffer[:FRAME.size])
-            end = FRAME.size + header_len + payload_len
+            if payload_len or header_len > MAX_STATUS_FRAME - FRAME.size:
+                self.violation = f"a status frame of {header_len + payload_len} bytes"
+                return
+            end = FRAME.size + header_len
             if len(self.status_buffer) < end:
                 return
-            self._on_status(json.loads(self.status_buffer[FRAME.size:FRAME.size + header_len]))
+            try:
+                frame = json.loads(bytes(self.status_buffer[FRAME.size:end]))
+            except (ValueError, RecursionError):
+                frame = None
             del self.status_buffer[:end]
+            self.violation = self._on_status(frame)
 
-    def _on_status(self, frame: dict) -> None:
-        event = frame.get("event")
-        if event == "ready":
+    def _on_status(self, frame) -> str | None:
+        """Apply one frame; a description of what is wrong with it, or None."""
+        event = frame.get("event") if isinstance(frame, dict) else None
+        if event == "ready" and not self.ready:
             self.ready = True
-        elif event == "setup_error":
-            self.setup_error = str(frame.get("error"))
-        elif event == "done":
-            self.done_exit_code = int(frame.get("exit_code", 1))
+        elif event == "setup_error" and not self.ready:
+            self.setup_error = str(frame.get("error"))[:2000]
+        elif event == "done" and self.ready and self.done_exit_code is None:
+            exit_code = frame.get("exit_code")
+            if type(exit_code) is not int or not 0 <= exit_code <= 255:
+                return "a done frame without a valid exit code"
+            self.done_exit_code = exit_code
+        else:
+            return f"an unexpected status frame {str(frame)[:80]!r}"
+        return None
+
+    def stale_status(self) -> bool:
+        """A session's status pipe must be empty between calls; data there was written by code."""
+        try:
+            chunk = os.read(self.handle.status_r, MAX_STATUS_FRAME)
+        except BlockingIOError:
+            return False
+        if chunk:
+            self.violation = "status data written between calls"
+        return bool(chunk)
 
     def drain(self, until_eof: bool) -> None:
         """Read what is left; until end of file (bounded) once the runner is gone."""
@@ -201,13 +241,22 @@ class _Call:
                 return
 
 
-def _wait_status(handle: RunnerHandle) -> int | None:
+def _wait_status(handle: RunnerHandle) -> tuple[int, bool] | None:
+    """(wait status, OOM-killed) from the runner's supervisor; None if it is gone as well."""
     handle.sup.settimeout(DRAIN_S)
+    data = b""
     try:
-        data = handle.sup.recv(STATUS.size)
+        while len(data) < FINAL.size:
+            chunk = handle.sup.recv(FINAL.size - len(data))
+            if not chunk:
+                break
+            data += chunk
     except OSError:
         return None
-    return STATUS.unpack(data)[0] if len(data) == STATUS.size else None
+    if len(data) != FINAL.size:
+        return None
+    status, oom = FINAL.unpack(data)
+    return status, bool(oom)
 
 
 def supervise_call(handle: RunnerHandle, request: bytes, timeout_s: float, output_limit: int,
@@ -221,31 +270,45 @@ def supervise_call(handle: RunnerHandle, request: bytes, timeout_s: float, outpu
         handle.receive_pidfd()
     call = _Call(handle, request, output_limit)
     call.ready = ready_known
-    call.register()
     start = time.monotonic()
-    outcome = _poll_until_outcome(call, start + timeout_s)
+    if ready_known and call.stale_status():
+        outcome = Outcome.STATUS_VIOLATION
+    else:
+        call.register()
+        outcome = _poll_until_outcome(call, start + timeout_s)
     facts = CallFacts(outcome=outcome, duration_s=time.monotonic() - start)
     if outcome is Outcome.DONE:
         call.drain(until_eof=False)
-        if call.truncated:
+        if call.violation is not None:
+            outcome = Outcome.STATUS_VIOLATION
+        elif call.truncated:
             outcome = Outcome.OUTPUT_LIMIT
     if outcome is Outcome.DONE:
         facts.exit_code, facts.runner_alive = call.done_exit_code, True
     else:
-        if outcome is not Outcome.EXITED:
-            handle.kill()
-        call.drain(until_eof=True)
-        status = _wait_status(handle)
-        if status is not None and os.WIFSIGNALED(status):
-            facts.signal = os.WTERMSIG(status)
-        elif status is not None:
-            facts.exit_code = os.WEXITSTATUS(status)
-        if call.setup_error is None and not call.ready:
-            tail = bytes(call.stderr[-2000:]).decode("utf-8", "replace").strip()
-            call.setup_error = f"the sandboxed process exited before it was ready: {tail or 'no message'}"
+        _collect_end(call, facts, outcome)
     facts.outcome, facts.stdout, facts.stderr, facts.setup_error = outcome, call.stdout, call.stderr, call.setup_error
-    facts.ready = call.ready
+    facts.violation, facts.ready = call.violation, call.ready
     return facts
+
+
+def _collect_end(call: _Call, facts: CallFacts, outcome: Outcome) -> None:
+    """The runner is gone or must go: kill it, read what is left, learn how it ended."""
+    if outcome is not Outcome.EXITED:
+        call.handle.kill()
+    call.drain(until_eof=True)
+    ended = _wait_status(call.handle)
+    if ended is None:
+        facts.status_lost = True
+    else:
+        status, facts.oom_killed = ended
+        if os.WIFSIGNALED(status):
+            facts.signal = os.WTERMSIG(status)
+        else:
+            facts.exit_code = os.WEXITSTATUS(status)
+    if call.setup_error is None and not call.ready:
+        tail = bytes(call.stderr[-2000:]).decode("utf-8", "replace").strip()
+        call.setup_error = f"the sandboxed process exited before it was ready: {tail or 'no message'}"
 
 
 def _poll_until_outcome(call: _Call, deadline: float) -> Outcome:
@@ -264,6 +327,8 @@ def _poll_until_outcome(call: _Call, deadline: float) -> Outcome:
                 exited = True
             elif event & _EVENT_MASK:
                 call.read_stream(fd)
+        if call.violation is not None:
+            return Outcome.STATUS_VIOLATION
         if call.truncated:
             return Outcome.OUTPUT_LIMIT
         if exited:

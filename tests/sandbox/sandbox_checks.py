@@ -8,12 +8,12 @@ runs an ordinary snippet correctly.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
-
-import sys
 
 import pytest
 
@@ -140,3 +140,40 @@ def run_timed(pool: SandboxPool, code: str, **kwargs):
     result = pool.run(code, **kwargs)
     return result, time.monotonic() - start
 
+
+# Socket families (issue 16 item 2): what a snippet may and may not create.
+SOCKETS = r'''
+import json, socket
+def attempt(family, kind=socket.SOCK_STREAM, proto=0, listen=None):
+    try:
+        s = socket.socket(family, kind, proto)
+        if listen is not None:
+            s.bind(listen)
+            s.listen()
+        s.close()
+        return "ok"
+    except OSError as exc:
+        return exc.errno
+print(json.dumps({
+    "vsock": attempt(40, listen=(0xFFFFFFFF, 5016)),
+    "alg": attempt(38, socket.SOCK_SEQPACKET),
+    "packet": attempt(17, socket.SOCK_RAW),
+    "netlink_sock_diag": attempt(16, socket.SOCK_RAW, 4),
+    "netlink_audit": attempt(16, socket.SOCK_RAW, 9),
+    "netlink_route": attempt(16, socket.SOCK_RAW, 0),
+    "unix": attempt(socket.AF_UNIX),
+    "inet": attempt(socket.AF_INET),
+    "inet6": attempt(socket.AF_INET6, socket.SOCK_DGRAM),
+    "pair": len(socket.socketpair()),
+}))
+'''
+ALLOWED_SOCKETS = {"netlink_route": "ok", "unix": "ok", "inet": "ok", "inet6": "ok", "pair": 2}
+
+
+def check_socket_families(pool) -> None:
+    result = pool.run(SOCKETS)
+    assert result.ok, result
+    found = json.loads(result.stdout)
+    for name in ("vsock", "alg", "packet", "netlink_sock_diag", "netlink_audit"):
+        assert found[name] != "ok", (name, found)
+    assert {name: found[name] for name in ALLOWED_SOCKETS} == ALLOWED_SOCKETS

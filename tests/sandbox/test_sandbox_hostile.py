@@ -31,8 +31,10 @@ def expect(*statuses: ExecStatus, contains: str | None = None, stdout: str | Non
     return check
 
 
-def case(category: str, name: str, code: str, check, marks=()):
-    return pytest.param(code, check, id=f"{category}-{name}", marks=marks)
+def case(category: str, name: str, code: str, check, marks=(), timeout_s: float | None = None):
+    """`timeout_s`: for cases that must end on their own (a MemoryError after filling memory)
+    and need more than the default second on a loaded machine."""
+    return pytest.param(code, check, timeout_s, id=f"{category}-{name}", marks=marks)
 
 
 CASES = [
@@ -73,13 +75,14 @@ CASES = [
          "from multiprocessing import Pool\nwith Pool(2) as p: print(p.map(abs, [-1, -2, -3]))",
          expect(S.OK, stdout="[1, 2, 3]\n")),
     # 3. memory
-    case("memory", "one-huge-allocation", "x = bytearray(8 * 2**30)", expect(S.ERROR, contains="MemoryError")),
+    case("memory", "one-huge-allocation", "x = bytearray(8 * 2**30)", expect(S.ERROR, contains="MemoryError"),
+         timeout_s=5),
     case("memory", "gradual-growth", "chunks = []\nwhile True: chunks.append(bytearray(2**20))",
-         expect(S.ERROR, contains="MemoryError")),
+         expect(S.ERROR, contains="MemoryError"), timeout_s=5),
     case("memory", "numpy-huge-array", "import numpy as np; np.ones((10**5, 10**5))",
-         expect(S.ERROR, contains="Unable to allocate")),
+         expect(S.ERROR, contains="Unable to allocate"), timeout_s=5),
     case("memory", "numpy-gradual", "import numpy as np\nkeep = []\nwhile True: keep.append(np.ones(10**7))",
-         expect(S.ERROR, contains="MemoryError")),
+         expect(S.ERROR, contains="MemoryError"), timeout_s=5),
     case("memory", "anonymous-mmap", "import mmap; m = mmap.mmap(-1, 2**34)", expect(S.ERROR)),
     case("memory", "memory-in-a-child",
          "import subprocess, sys\nr = subprocess.run([sys.executable, '-c', 'bytearray(8 * 2**30)'], "
@@ -159,11 +162,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("code, check", CASES)
-def test_hostile_snippet(pool, token, code, check):
-    result, elapsed = run_timed(pool, code.replace("TOKEN", token))
+@pytest.mark.parametrize("code, check, timeout_s", CASES)
+def test_hostile_snippet(pool, token, code, check, timeout_s):
+    timeout_s = timeout_s or TEST_CONFIG.timeout_s
+    result, elapsed = run_timed(pool, code.replace("TOKEN", token), timeout_s=timeout_s)
     check(result)
-    check_aftermath(pool, result, elapsed, TEST_CONFIG.timeout_s, token)
+    check_aftermath(pool, result, elapsed, timeout_s, token)
 
 
 def test_every_category_has_several_cases():

@@ -16,7 +16,8 @@ import time
 import warnings
 
 import pytest
-from sandbox_checks import INTERPRETER_MASKED, PROJECT_ROOT, SECRET_VALUE, TEST_CONFIG, run_timed, wait_for
+from sandbox_checks import (INTERPRETER_MASKED, PROJECT_ROOT, SECRET_VALUE, TEST_CONFIG, check_socket_families,
+                            run_timed, wait_for)
 
 from spo_agents.sandbox import ExecStatus, IsolationMode, SandboxPool, detect_capabilities
 
@@ -52,6 +53,10 @@ def bwrap_pool():
 @requires_bwrap
 def test_bwrap_mode_isolates(bwrap_pool):
     assert bwrap_pool.capabilities.isolated, bwrap_pool.capabilities.format()
+    assert all(bwrap_pool.capabilities.layers.values()), bwrap_pool.capabilities.format()
+    check_socket_families(bwrap_pool)  # vsock & co. are refused here too (issue 16 item 2)
+    shm = bwrap_pool.run("import ctypes; print(ctypes.CDLL(None).shmget(0, 4096, 0o1000 | 0o600))")
+    assert shm.stdout == "-1\n", shm  # SysV memory cannot be capped in bwrap mode: refused
     assert bwrap_pool.run("print(6 * 7)").stdout == "42\n"
     probe = bwrap_pool.run(
         "import json, os, socket\ntry:\n    environ = open('/proc/1/environ').read()\nexcept OSError:\n"
@@ -153,6 +158,7 @@ def test_non_root_user_gets_a_user_namespace_sandbox():
         pytest.fail(completed.stderr)
     out = stages[-1]
     assert out["isolated"] and out["user_namespace"], out["layers"]
+    assert all(out["layers"].values()), out["layers"]  # every layer, the issue 16 ones included
     assert out["hello"] == "42\n" and out["after"] == "ok\n" and out["session"] == "3\n"
     assert out["bomb"] in ("timeout", "error") and out["bomb_s"] < 4
     assert out["procs"] == "['1']\n" and "SPO_SANDBOX_TEST_SECRET" not in out["env"]

@@ -12,8 +12,8 @@ import pytest
 from spo_agents.sandbox import ExecResult, ExecStatus, IsolationMode, SandboxConfig, truncate_middle
 from spo_agents.sandbox.pool import candidate_modes
 from spo_agents.sandbox.result import classify
-from spo_agents.sandbox.rootfs import plan_exposures
-from spo_agents.sandbox.seccomp import filter_program
+from spo_agents.sandbox.rootfs import hidden_entries, mask_content, plan_exposures
+from spo_agents.sandbox.seccomp import OPTIONAL, RET_ALLOW, RET_ERRNO, filter_program
 
 
 def make(**fields) -> ExecResult:
@@ -67,6 +67,13 @@ def test_truncate_middle():
     ((None, signal.SIGKILL), {"truncated": True}, ExecStatus.OUTPUT_LIMIT,
      "output limit of 100 bytes exceeded; the process was stopped"),
     ((121, None), {"setup_error": "OSError: mount"}, ExecStatus.SANDBOX_ERROR, "sandbox setup failed: OSError: mount"),
+    ((None, None), {"violation": "a status frame of 9 bytes"}, ExecStatus.ERROR,
+     "the code wrote to the sandbox's status channel (fd 4: a status frame of 9 bytes); its interpreter was stopped"),
+    ((None, None), {"status_lost": True}, ExecStatus.SANDBOX_ERROR,
+     "the sandboxed interpreter is gone and its supervisor with it"),
+    ((None, None), {}, ExecStatus.SANDBOX_ERROR, "the sandboxed process ended without an exit status"),
+    ((None, signal.SIGKILL), {"oom_killed": True, "call_memory_mb": 300}, ExecStatus.CRASHED,
+     "out of memory: the call's memory limit (300 MB) was exceeded"),
 ])
 def test_classify(args, kwargs, status, error):
     options = dict(timed_out=False, truncated=False, timeout_s=2.0, output_limit_bytes=100, stderr="")
@@ -111,6 +118,73 @@ def test_seccomp_program_is_well_formed(machine):
             assert index + 1 + max(jt, jf) < len(instructions)
     assert instructions[-1][0] == 0x06  # ends with a return
     assert filter_program("sparc") is None
+
+
+def run_filter(program: bytes, data: dict) -> int:
+    """A classic-BPF interpreter for the instructions the filter uses, over a seccomp_data dict."""
+    words = {0: data["nr"], 4: data["arch"], **{16 + 8 * i: arg & 0xFFFFFFFF for i, arg in enumerate(data["args"])}}
+    instructions = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    pc, accumulator = 0, 0
+    while True:
+        code, jt, jf, k = instructions[pc]
+        if code == 0x20:
+            accumulator = words.get(k, 0)
+        elif code == 0x54:
+            accumulator &= k
+        elif code in (0x15, 0x35):
+            taken = accumulator == k if code == 0x15 else accumulator >= k
+            pc += jt if taken else jf
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected instruction {code:#x}")
+        pc += 1
+
+
+SECCOMP_CASES = [  # (name, x86_64 nr, aarch64 nr, args, deny, expected)
+    ("vsock", 41, 198, [40, 1, 0], (), RET_ERRNO | 97), ("packet", 41, 198, [17, 3, 0], (), RET_ERRNO | 97),
+    ("alg", 41, 198, [38, 5, 0], (), RET_ERRNO | 97), ("netlink diag", 41, 198, [16, 3, 4], (), RET_ERRNO | 97),
+    ("netlink route", 41, 198, [16, 3, 0], (), RET_ALLOW), ("inet", 41, 198, [2, 1, 0], (), RET_ALLOW),
+    ("inet6", 41, 198, [10, 2, 0], (), RET_ALLOW), ("unix", 41, 198, [1, 1, 0], (), RET_ALLOW),
+    ("socketpair unix", 53, 199, [1, 1, 0], (), RET_ALLOW), ("socketpair vsock", 53, 199, [40, 1, 0], (),
+                                                                RET_ERRNO | 97),
+    ("memfd allowed", 319, 279, [0, 0, 0], (), RET_ALLOW),
+    ("memfd denied", 319, 279, [0, 0, 0], ("memfd_create",), RET_ERRNO | 1),
+    ("shmget denied", 29, 194, [0, 4096, 0], ("shmget", "msgget"), RET_ERRNO | 1),
+    ("clone newuser", 56, 220, [0x10000000, 0, 0], (), RET_ERRNO | 1), ("clone thread", 56, 220, [0x3D0F00, 0, 0],
+                                                                         (), RET_ALLOW),
+    ("unshare", 272, 97, [0, 0, 0], (), RET_ERRNO | 1), ("read", 0, 63, [0, 0, 0], (), RET_ALLOW),
+]
+
+
+@pytest.mark.parametrize("machine, column, arch", [("x86_64", 0, 0xC000003E), ("aarch64", 1, 0xC00000B7)])
+@pytest.mark.parametrize("name, x86_nr, arm_nr, args, deny, expected", SECCOMP_CASES, ids=[c[0] for c in SECCOMP_CASES])
+def test_seccomp_decisions(machine, column, arch, name, x86_nr, arm_nr, args, deny, expected):
+    program = filter_program(machine, deny=deny)
+    assert run_filter(program, {"nr": (x86_nr, arm_nr)[column], "arch": arch, "args": args}) == expected
+    assert run_filter(program, {"nr": 0, "arch": 0x40000003, "args": [0, 0, 0]}) == RET_ERRNO | 1  # i386 ABI
+
+
+def test_seccomp_optional_names_are_checked():
+    assert set(OPTIONAL) == {"memfd_create", "shmget", "msgget"}
+    with pytest.raises(ValueError, match="not optional"):
+        filter_program("x86_64", deny=("read",))
+
+
+def test_hidden_entries_cover_packages_metadata_modules_and_editable_files(tmp_path):
+    site = tmp_path / "site-packages"
+    for directory in ("spo_agents", "spo_agents-0.1.0.dist-info", "spo_env_calculator", "numpy", "spo_agentsx"):
+        (site / directory).mkdir(parents=True)
+    (site / "spo_agents" / "__init__.py").write_text("")
+    for name in ("spo_env_single.py", "__editable__.spo_agents-0.1.0.pth", "__editable___spo_agents_0_1_0_finder.py",
+                 "six.py", "distutils-precedence.pth"):
+        (site / name).write_text("")
+    found = {os.path.basename(path): kind for kind, path in hidden_entries([str(site)], ["spo_agents", "spo_env_*"])}
+    assert found == {"spo_agents": "package", "spo_agents-0.1.0.dist-info": "directory",
+                     "spo_env_calculator": "package", "spo_env_single.py": "module",
+                     "__editable__.spo_agents-0.1.0.pth": "file", "__editable___spo_agents_0_1_0_finder.py": "file"}
+    assert b"ModuleNotFoundError" in mask_content("package", str(site / "spo_agents"))
+    assert mask_content("file", str(site / "x.pth")) == b""
 
 
 def test_root_plan_recreates_symlinks_and_never_binds_through_them(tmp_path):
