@@ -67,7 +67,7 @@ class DataParallelUpdater:
         # every rank, so each rank computes the same bits (PolicyUpdater keeps it in this attribute)
         self.updater._accumulated_tokens = total_tokens
         metrics = self.updater.apply()
-        return self._merge_metrics(metrics, local_tokens, total_tokens)
+        return merge_rank_metrics(metrics, local_tokens, total_tokens, self.group)
 
     def _sum_gradients(self, local_tokens: float) -> float:
         """Sum the gradient sums over ranks; returns the batch's token count."""
@@ -104,22 +104,24 @@ class DataParallelUpdater:
             dist.reduce(flat, dst=0, group=self.group)
             dist.broadcast(flat, src=0, group=self.group)
 
-    def _merge_metrics(self, metrics: dict[str, float], local_tokens: float, total_tokens: float) -> dict[str, float]:
-        """The numbers a single process would report for the whole batch.
 
-        Each rank's micro-batch metrics are token-weighted over its own tokens; its `loss/total`
-        is already its loss sum over the batch's token count, so those add up.
-        """
-        gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, (local_tokens, metrics), group=self.group)
-        merged = {"loss/total": sum(m.get("loss/total", 0.0) for _, m in gathered)}
-        keys = {k for _, m in gathered for k in m if k not in ("grad_norm", "train_tokens", "loss/total")}
-        for key in sorted(keys):
-            if key.endswith("_max"):
-                merged[key] = max((m[key] for t, m in gathered if key in m and t > 0), default=0.0)
-                continue
-            weighted = sum(t * m[key] for t, m in gathered if key in m and t > 0)
-            merged[key] = weighted / max(total_tokens, 1.0)
-        merged["grad_norm"] = metrics["grad_norm"]  # computed on the summed gradients: equal on all ranks
-        merged["train_tokens"] = total_tokens
-        return merged
+def merge_rank_metrics(metrics: dict[str, float], local_tokens: float, total_tokens: float,
+                       group: Any = None) -> dict[str, float]:
+    """The numbers a single process would report for the whole batch (a collective call).
+
+    Each rank's micro-batch metrics are token-weighted over its own tokens; its `loss/total`
+    is already its loss sum over the batch's token count, so those add up.
+    """
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, (local_tokens, metrics), group=group)
+    merged = {"loss/total": sum(m.get("loss/total", 0.0) for _, m in gathered)}
+    keys = {k for _, m in gathered for k in m if k not in ("grad_norm", "train_tokens", "loss/total")}
+    for key in sorted(keys):
+        if key.endswith("_max"):
+            merged[key] = max((m[key] for t, m in gathered if key in m and t > 0), default=0.0)
+            continue
+        weighted = sum(t * m[key] for t, m in gathered if key in m and t > 0)
+        merged[key] = weighted / max(total_tokens, 1.0)
+    merged["grad_norm"] = metrics["grad_norm"]  # computed on the summed gradients: equal on all ranks
+    merged["train_tokens"] = total_tokens
+    return merged
