@@ -64,6 +64,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
+    if config.learner_parallel.value != "none":
+        from spo_agents.distributed.learner_group import follower_rank, run_follower
+
+        if follower_rank() > 0:  # torchrun's other ranks: the sharded learner's followers
+            run_follower(config)
+            return 0
     from spo_agents.trainer.loop import Trainer
     from spo_agents.trainer.plots import plot_run
 

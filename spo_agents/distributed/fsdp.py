@@ -206,7 +206,10 @@ class ShardedUpdater:
         return {"version": self.version, "sharded": True}
 
     def load_state_dict(self, state: dict) -> None:
-        self.updater.version = int(state["version"])
+        self.set_version(int(state["version"]))
+
+    def set_version(self, version: int) -> None:
+        self.updater.version = int(version)
 
 
 def _as_float(value: Any) -> float:

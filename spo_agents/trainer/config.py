@@ -56,6 +56,11 @@ class GenerationServer(str, Enum):
     SGLANG = "sglang"  # SGLang: /pause_generation, /update_weights_from_disk, /continue_generation
 
 
+class LearnerParallel(str, Enum):
+    NONE = "none"  # one learner process
+    FSDP = "fsdp"  # FSDP2-sharded over the ranks of torchrun (spo_agents.distributed.learner_group)
+
+
 class EvalConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -130,6 +135,9 @@ class TrainConfig(pydantic.BaseModel):
     generation_weights_dir: str | None = pydantic.Field(
         None, description="openai/ray servers: folder for the weight files pushed to the servers, which must read it "
         "at the same path (a shared filesystem for remote servers); default: a temporary folder on this machine")
+    learner_parallel: LearnerParallel = pydantic.Field(
+        LearnerParallel.NONE, description="none | fsdp: shard the policy, gradients and optimiser over the processes "
+        "of `torchrun --nproc_per_node=N -m spo_agents train` (FSDP2; rank 0 runs the trainer)")
     env_id: str = pydantic.Field("spo/Calculator-v0", description="registered environment id")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict, description="keyword arguments of the env")
     steps: int = pydantic.Field(20, ge=1, description="learner steps")
@@ -167,6 +175,9 @@ class TrainConfig(pydantic.BaseModel):
         if self.algo is Algo.GRPO and self.batch_size % self.group_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size})")
         self._check_generation()
+        if self.learner_parallel is LearnerParallel.FSDP and (self.lora is not None or self.loss.kl_coef > 0):
+            raise ValueError("learner_parallel: fsdp supports neither lora nor loss.kl_coef > 0 (the KL reference "
+                             "would be a full model copy on every rank)")
         if self.warm_start is not None and (self.model in MODEL_PRESETS or self.model.endswith(".gguf")):
             raise ValueError(f"warm_start writes its model into the folder `model`, but model is {self.model!r}; "
                              "set model to a folder (e.g. runs/sft) or warm_start to null")

@@ -28,7 +28,7 @@ from spo_agents.rollout.episode import Episode, append_episode_log
 from spo_agents.trainer.algorithms import Batch, GRPOAlgorithm, SPOAlgorithm, staleness_weight
 from spo_agents.trainer.callbacks import CallbackList, MetricsCallback
 from spo_agents.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from spo_agents.trainer.config import Algo, GRPOMode, SPOUpdate, TrainConfig, dump_config
+from spo_agents.trainer.config import Algo, GRPOMode, LearnerParallel, SPOUpdate, TrainConfig, dump_config
 from spo_agents.trainer.evaluate import evaluate
 from spo_agents.trainer.metrics import MetricsLogger
 from spo_agents.trainer.parts import build_policy, seed_everything, state_dict_for_backend, task_ids
@@ -67,7 +67,7 @@ class Trainer:
                                    generation=config.generation.value, generation_workers=config.generation_workers,
                                    generation_url=config.generation_url,
                                    generation_options=config.generation_client_options())
-        self.updater = PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
+        self.updater = self._build_learner()
         self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
         self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)
         if config.value_table:
@@ -84,6 +84,24 @@ class Trainer:
         self.callbacks = CallbackList([MetricsCallback(self.logger), *callbacks])
         self.episode_log = self.run_dir / "episodes.jsonl"
 
+    def _build_learner(self) -> Any:
+        """PolicyUpdater, or rank 0's handle on the FSDP2-sharded learner (distributed/learner_group.py)."""
+        config = self.config
+        if config.learner_parallel is LearnerParallel.FSDP:
+            from spo_agents.distributed.learner_group import ShardedLearner
+
+            return ShardedLearner(self.policy.train_model, config.optim, config.loss, config.device,
+                                  self.run_dir / "checkpoints")
+        return PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
+
+    def _backend_weights(self) -> dict[str, Any]:
+        gather = getattr(self.updater, "backend_weights", None)  # the sharded learner gathers its shards
+        return gather() if gather is not None else state_dict_for_backend(self.policy.train_model)
+
+    def _checkpoint_model(self) -> Any:
+        unsharded = getattr(self.updater, "checkpoint_model", None)
+        return unsharded() if unsharded is not None else self.policy.train_model
+
     # ----- state ----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         json_state = {"step": self.step, "counters": self.counters, "tracker": self.tracker.state_dict(),
@@ -96,7 +114,7 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return
-        json_state, torch_state = load_checkpoint(path, self.policy.train_model)
+        json_state, torch_state = load_checkpoint(path, getattr(self.updater, "export_model", self.policy.train_model))
         self.step, self.counters = json_state["step"], json_state["counters"]
         self.tracker.load_state_dict(json_state["tracker"])
         self.drift_cache.load_state_dict(json_state["drift_cache"])
@@ -105,21 +123,29 @@ class Trainer:
         self.updater.load_state_dict(torch_state["updater"])
         self.sampler.load_state_dict(torch_state["sampler"])
         self.uniform.load_state_dict(torch_state["uniform"])
-        self.policy.backend.update_weights(state_dict_for_backend(self.policy.train_model), self.updater.version)
+        self.policy.backend.update_weights(self._backend_weights(), self.updater.version)
 
     def checkpoint(self) -> Path:
         json_state, torch_state = self._state()
-        path = save_checkpoint(self.run_dir, self.step, self.policy.train_model, json_state, torch_state)
+        path = save_checkpoint(self.run_dir, self.step, self._checkpoint_model(), json_state, torch_state)
         self.callbacks.emit("on_checkpoint", self, path)
         return path
 
     # ----- main -----------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
+        try:
+            return await self._run()
+        finally:
+            close = getattr(self.updater, "close", None)  # releases the sharded learner's other ranks
+            if close is not None:
+                close()
+
+    async def _run(self) -> dict[str, Any]:
         if self.resume:
             self._restore()
         elif self.config.generation.value != "local":  # remote replicas start from the spec's weights
             await asyncio.to_thread(self.policy.backend.update_weights,
-                                    state_dict_for_backend(self.policy.train_model), self.updater.version)
+                                    self._backend_weights(), self.updater.version)
         started = time.monotonic()
         first_eval = await self.evaluate() if self.step == 0 else {}
         engine = self._engine()
@@ -212,7 +238,7 @@ class Trainer:
             metrics = await asyncio.to_thread(self.spo.learner_step, self.updater, batch)
         else:
             metrics = await asyncio.to_thread(self.updater.step, batch.samples, batch.advantages, batch.weights)
-        weights = state_dict_for_backend(self.policy.train_model)
+        weights = self._backend_weights()
         await asyncio.to_thread(self.policy.backend.update_weights, weights, self.updater.version)
         self.step += 1
         engine.acknowledge(len(batch.episodes))

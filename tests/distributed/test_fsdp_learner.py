@@ -51,3 +51,49 @@ def test_two_process_fsdp_steps_match_the_single_process_steps_and_resume(tmp_pa
     assert sharded["resumed_version"] == 1
     last = sharded["states"][-1]
     assert all(torch.equal(sharded["resumed"][k], last[k]) for k in last)
+
+
+@pytest.mark.slow
+def test_spo_agents_train_with_the_sharded_learner_checkpoints_and_resumes(tmp_path):
+    """`torchrun --nproc_per_node=2 -m spo_agents train --set learner_parallel=fsdp`, then --resume."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from spo_agents.backends.models import load_model
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(HERE / "fsdp_train_worker.py"), str(run)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["policy/version"] for r in train] == [1, 2, 3] and [r["step"] for r in train] == [1, 2, 3]
+    assert all(r["train_tokens"] > 0 and r["grad_norm"] > 0 for r in train)
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step-000003"
+    for version in (1, 2, 3):  # the sharded state of each checkpoint, named by it
+        assert (checkpoints / f"sharded-v{version:06d}" / ".metadata").exists()
+    # model.safetensors holds the gathered weights: they moved from the start and load into the model
+    final = load_file(str(checkpoints / "step-000003" / "model.safetensors"))
+    start = load_model("tiny", seed=0).model.state_dict()
+    assert max(float((final[k] - start[k]).abs().max()) for k in final) > 1e-4
+    assert {k for k in start} >= set(final)
+
+
+def test_the_sharded_learner_is_selected_by_config_and_refuses_what_it_cannot_do(monkeypatch):
+    from spo_agents.distributed.learner_group import ShardedLearner
+    from spo_agents.trainer.config import load_config
+
+    assert load_config(None, ["learner_parallel=fsdp"]).learner_parallel.value == "fsdp"
+    for extra in (["loss.kl_coef=0.1"], ["lora={r: 4}"]):
+        with pytest.raises(ValueError, match="learner_parallel: fsdp supports neither lora nor loss.kl_coef"):
+            load_config(None, ["learner_parallel=fsdp", *extra])
+    with pytest.raises(ValueError, match="learner_parallel"):
+        load_config(None, ["learner_parallel=zero3"])
+    monkeypatch.delenv("RANK", raising=False)
+    updater, _ = make_updater()
+    with pytest.raises(RuntimeError, match="torchrun --nproc_per_node=2 -m spo_agents train"):
+        ShardedLearner(updater.model, None, None, "cpu", Path("/nonexistent"))
