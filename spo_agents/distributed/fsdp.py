@@ -21,6 +21,9 @@ write and read the sharded model and optimiser state with torch.distributed.chec
 each rank its own shards, so no rank ever holds the full optimiser state; DCP can also reshard
 on load when the number of ranks changes.
 
+The model may be loaded on the CPU: `fully_shard` moves each rank's shards (and one layer at a
+time in full, while sharding it) to the device, so no device ever holds the whole model.
+
 Not supported with sharding (rejected at construction): the KL penalty's frozen reference model
 (`loss.kl_coef > 0`, it would be a full copy on every rank) and LoRA adapters.
 
@@ -99,9 +102,7 @@ class ShardedUpdater:
             raise RuntimeError("torch.distributed is not initialised: call init_from_env() first")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         device = torch.device(device)
-        with torch.no_grad():  # every rank starts from rank 0's weights, as with the data-parallel learner
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor.data, src=0)
+        _broadcast_from_rank0(model, device)
         self.layer_classes = shard_policy(model, device.type, reshard_after_forward)
         self.model = model
         self.updater = PolicyUpdater(model, optim, loss, device)  # its AdamW holds the sharded parameters
@@ -210,6 +211,23 @@ class ShardedUpdater:
 
     def set_version(self, version: int) -> None:
         self.updater.version = int(version)
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(model: torch.nn.Module, device: torch.device) -> None:
+    """Every rank starts from rank 0's weights (as with the data-parallel learner).
+
+    The model may still be on the CPU (a model larger than one GPU is loaded there and
+    `fully_shard` moves only the shards to the GPU): NCCL needs GPU tensors, so each tensor goes
+    through a temporary copy on the device, one at a time."""
+    via_device = dist.get_backend() == "nccl"
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if via_device and tensor.device.type != "cuda":
+            staged = tensor.data.to(device)
+            dist.broadcast(staged, src=0)
+            tensor.data.copy_(staged.cpu())
+        else:
+            dist.broadcast(tensor.data, src=0)
 
 
 def _as_float(value: Any) -> float:

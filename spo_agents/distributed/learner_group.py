@@ -153,9 +153,8 @@ def run_follower(config: Any) -> None:
         raise RuntimeError("run_follower runs on ranks >= 1; rank 0 runs the trainer")
     if _receive() != _READY:
         raise RuntimeError("the sharded learner's protocol is out of step (expected rank 0's ready)")
-    model = load_model(config.model, device=config.device, seed=config.seed).model
-    if config.device.startswith("cuda"):
-        model.to(dtype=torch.float32)  # fp32 master weights, as on rank 0
+    # on the CPU: fully_shard moves only this rank's shards to the device (fp32 master weights)
+    model = load_model(config.model, device="cpu", seed=config.seed).model.to(dtype=torch.float32)
     sharded = ShardedUpdater(model, config.optim, config.loss, config.device)
     while True:
         message = _receive()

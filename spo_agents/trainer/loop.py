@@ -63,7 +63,11 @@ class Trainer:
         if config.warm_start is not None and not resume:
             ensure_warm_start(config.model, config.warm_start, log=lambda line: print(line, flush=True))
         seed_everything(config.seed)
-        self.policy = build_policy(config.model, config.device, config.seed, lora=config.lora,
+        # a sharded learner whose generation runs on servers loads the model on the CPU: only its shards
+        # go to the GPU (fully_shard moves them), so the model need not fit one device
+        on_servers = config.generation.value == "openai" or bool(config.generation_urls())
+        load_device = "cpu" if config.learner_parallel is LearnerParallel.FSDP and on_servers else config.device
+        self.policy = build_policy(config.model, load_device, config.seed, lora=config.lora,
                                    generation=config.generation.value, generation_workers=config.generation_workers,
                                    generation_url=config.generation_url,
                                    generation_options=config.generation_client_options())
