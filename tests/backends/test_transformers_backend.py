@@ -269,6 +269,7 @@ def test_sampling_params_validation():
     assert SamplingParams(stop_token_ids=[3, 4]).stop_token_ids == (3, 4)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_gpu_batched_greedy_and_logprobs(tokenizer):
     model = build_tiny_model(tokenizer, seed=0).to("cuda")

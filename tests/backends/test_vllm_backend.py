@@ -185,6 +185,7 @@ def test_a_clear_import_error_without_vllm():
 
 
 # ---------------------------------------------------------------------------- needs vLLM and a GPU
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_VLLM and torch.cuda.is_available()), reason="needs vLLM and a CUDA GPU")
 def test_real_engine_matches_the_transformers_backend_and_updates_weights(tmp_path):
     from spo_agents.backends.transformers_backend import TransformersBackend
