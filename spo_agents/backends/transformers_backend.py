@@ -179,6 +179,7 @@ class TransformersBackend:
         max_prefill_tokens: int = 8192,
         seed: int = 0,
         policy_version: int = 0,
+        num_threads: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -197,7 +198,8 @@ class TransformersBackend:
         self._batch: _Batch | None = None
         self._closing = False
         self._cv = threading.Condition()
-        self.stats = {"decode_steps": 0, "generated_tokens": 0, "prefill_tokens": 0, "batch_rows": 0}
+        self._num_threads = num_threads  # applied by the decode thread (see set_num_threads)
+        self.stats = {"decode_steps": 0, "generated_tokens": 0, "prefill_tokens": 0, "batch_rows": 0, "threads": 0}
         self._thread = threading.Thread(target=self._loop, name="spo-transformers-decode", daemon=True)
         self._thread.start()
 
@@ -250,6 +252,15 @@ class TransformersBackend:
             self._cv.notify()
         done.result()
 
+    def set_num_threads(self, count: int | None) -> None:
+        """torch intra-op threads of the decode thread (None: leave them as they are), applied
+        before its next step; `stats["threads"]` reports the count in force there."""
+        if count is not None and count < 1:
+            raise ValueError(f"num_threads must be >= 1, got {count}")
+        with self._cv:
+            self._num_threads = count
+            self._cv.notify()
+
     def close(self) -> None:
         """Stop the decode thread; unfinished requests resolve with FinishReason.ABORT."""
         with self._cv:
@@ -264,6 +275,13 @@ class TransformersBackend:
         self.close()
 
     # ------------------------------------------------------------------ the decode loop
+    def _apply_thread_count(self) -> None:
+        """torch.set_num_threads is per calling thread (after the thread's first torch call)."""
+        if self._num_threads is not None and self._num_threads != self.stats["threads"]:
+            torch.get_num_threads()
+            torch.set_num_threads(self._num_threads)
+        self.stats["threads"] = torch.get_num_threads()
+
     def _loop(self) -> None:
         with torch.no_grad():
             while True:
@@ -275,6 +293,7 @@ class TransformersBackend:
                     update, self._pending_update = self._pending_update, None
                     room = self.max_batch_size - (self._batch.size if self._batch else 0)
                     admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._apply_thread_count()
                 if update is not None:
                     self._apply_update(*update)
                 self._admit(admitted)

@@ -18,6 +18,7 @@ from spo_agents.learner.config import AdvantageConfig, LossConfig, SamplerConfig
 from spo_agents.learner.update import OptimConfig
 from spo_agents.rollout.config import RolloutConfig
 from spo_agents.trainer.lora import LoraSettings
+from spo_agents.trainer.threads import ThreadsConfig
 
 MODEL_PRESETS = ("tiny", "smollm2-135m")  # as spo_agents.backends.models.PRESETS (kept torch-free here)
 
@@ -164,6 +165,8 @@ class TrainConfig(pydantic.BaseModel):
     loss: LossConfig = pydantic.Field(default_factory=LossConfig)
     optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
     eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+    threads: ThreadsConfig = pydantic.Field(default_factory=ThreadsConfig, description="torch intra-op threads "
+                                            "of the learner and the local decoder (trainer/threads.py)")
     output_dir: str = pydantic.Field("runs/latest", description="run folder")
     checkpoint_every: int = pydantic.Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     transcripts: int = pydantic.Field(4, ge=0, description="sample episodes written as readable transcripts per "

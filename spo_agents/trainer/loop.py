@@ -7,14 +7,17 @@ Per algorithm (see docs/algorithms.md and docs/training.md):
   advantage statistics) and applies the optimiser step once B have contributed.
 - GRPO (group mode): B/G complete groups form a batch (group-gated streaming).
 - GRPO (batch mode): generate B/G tasks x G episodes, wait for all, step, repeat.
-Learner work runs in a worker thread (`asyncio.to_thread`), so the event loop, and with it
-the rollout slots, keep going while the learner computes.
+Learner work runs in a one-thread learner executor, so the event loop, and with it the rollout
+slots, keep going while the learner computes; that thread and the local decoder each get a
+torch thread budget (trainer/threads.py: cores split when both run at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -35,6 +38,7 @@ from spo_agents.trainer.parts import build_policy, seed_everything, state_dict_f
 from spo_agents.trainer.sft import ensure_warm_start
 from spo_agents.trainer.stats import difference_interval
 from spo_agents.trainer.tasks import PrioritisedTasks, UniformTasks
+from spo_agents.trainer.threads import plan_threads, use_threads
 from spo_agents.trainer.transcripts import write_transcripts
 
 
@@ -57,6 +61,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True,
                  callbacks: Iterable[Any] = (), engine_factory: Callable[..., RolloutEngine] = RolloutEngine):
         self.config, self.resume, self.engine_factory = config, resume, engine_factory
+        self.show_progress = show_progress
         self.run_dir = Path(config.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / "config.yaml")
@@ -72,6 +77,7 @@ class Trainer:
                                    generation_url=config.generation_url,
                                    generation_options=config.generation_client_options())
         self.updater = self._build_learner()
+        self._plan_threads()
         self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
         self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)
         if config.value_table:
@@ -135,11 +141,39 @@ class Trainer:
         self.callbacks.emit("on_checkpoint", self, path)
         return path
 
+    def _plan_threads(self) -> None:
+        """Thread budgets of the learner executor and the local decoder (trainer/threads.py)."""
+        import torch
+
+        config = self.config
+        overlapped = not (config.algo is Algo.GRPO and config.grpo_mode is GRPOMode.BATCH)
+        local = hasattr(self.policy.backend, "set_num_threads")
+        self.threads = plan_threads(config.threads, torch.get_num_threads(), overlapped, local)
+        if local:
+            self.policy.backend.set_num_threads(self.threads.decoder)
+        self._learner_pool = ThreadPoolExecutor(1, thread_name_prefix="spo-learner", initializer=use_threads,
+                                                initargs=(self.threads.learner,))
+        self.learner_threads_in_force = 0
+        if self.show_progress:
+            print(self.threads.describe(), flush=True)
+
+    async def _learn(self, fn: Callable, *args: Any) -> Any:
+        """Run learner work in the learner executor (its thread has the learner's budget)."""
+        return await asyncio.get_running_loop().run_in_executor(self._learner_pool,
+                                                                functools.partial(self._in_learner, fn, *args))
+
+    def _in_learner(self, fn: Callable, *args: Any) -> Any:
+        import torch
+
+        self.learner_threads_in_force = torch.get_num_threads()  # what the metrics report
+        return fn(*args)
+
     # ----- main -----------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         try:
             return await self._run()
         finally:
+            self._learner_pool.shutdown(wait=False)
             close = getattr(self.updater, "close", None)  # releases the sharded learner's other ranks
             if close is not None:
                 close()
@@ -165,6 +199,7 @@ class Trainer:
         self.checkpoint()
         final_eval = await self.evaluate()
         summary = {"steps": self.step, "wall_s": time.monotonic() - started, **self.counters,
+                   **self._thread_metrics(),
                    **heldout_gain(first_eval, final_eval)}
         self.callbacks.emit("on_end", self, summary)
         self.policy.backend.close()
@@ -217,7 +252,7 @@ class Trainer:
                 engine.acknowledge(1)
                 continue
             if config.spo_update is SPOUpdate.ACCUMULATE:
-                await asyncio.to_thread(self.spo.accumulate_on_arrival, self.updater, item,
+                await self._learn(self.spo.accumulate_on_arrival, self.updater, item,
                                         staleness_weight(item, self.updater.version, config))
             pending.append(item)
             if len(pending) >= per_step:
@@ -239,9 +274,9 @@ class Trainer:
         self.callbacks.emit("on_batch", self, batch)
         started = time.monotonic()
         if self.config.algo is Algo.SPO:  # the update, drift D, rho and the tracker update
-            metrics = await asyncio.to_thread(self.spo.learner_step, self.updater, batch)
+            metrics = await self._learn(self.spo.learner_step, self.updater, batch)
         else:
-            metrics = await asyncio.to_thread(self.updater.step, batch.samples, batch.advantages, batch.weights)
+            metrics = await self._learn(self.updater.step, batch.samples, batch.advantages, batch.weights)
         weights = self._backend_weights()
         await asyncio.to_thread(self.policy.backend.update_weights, weights, self.updater.version)
         self.step += 1
@@ -263,7 +298,12 @@ class Trainer:
                 "learner/step_s": learner_s, "learner/wait_s_total": self.counters["learner_wait_s"],
                 "rollout/episodes_per_s": stats["episodes_per_s"], "rollout/tokens_per_s": stats["tokens_per_s"],
                 "rollout/slot_utilisation": stats["slot_utilisation"], "policy/version": self.updater.version,
-                "tracker/tasks_seen": len(self.tracker)}
+                "tracker/tasks_seen": len(self.tracker), **self._thread_metrics()}
+
+    def _thread_metrics(self) -> dict[str, int]:
+        """torch threads in force in the learner's and the local decoder's threads (0: not run)."""
+        decoder = getattr(self.policy.backend, "stats", {}).get("threads", 0)
+        return {"threads/learner": self.learner_threads_in_force, "threads/decoder": decoder}
 
     async def evaluate(self) -> dict[str, float]:
         config = self.config
