@@ -10,6 +10,9 @@ engine never imports it: `spo_agents/__init__.py` registers the `ray` env execut
 - `RayGenerationBackend`, `GenerationSpec`, `GenerationWorker` (generation): the Backend protocol
   over replicas hosting transformers, an OpenAI-compatible client, or vLLM;
 - `DataParallelUpdater`, `init_from_env` (ddp): one learner step over N torchrun processes;
+- `ShardedUpdater` (fsdp): the same step with FSDP2-sharded weights, gradients and optimiser;
+  `ShardedLearner`, `run_follower` (learner_group): the trainer on rank 0 driving it
+  (`learner_parallel: fsdp`);
 - `init_ray`, `to_plain` (transport): joining a cluster; the plain data that crosses actors;
 - `run_ray_scaling`, `env_scaling` (bench): env throughput against the number of env actors.
 See docs/distributed.md.
@@ -29,6 +32,9 @@ _LAZY = {
     "GenerationSpec": "spo_agents.distributed.generation",
     "GenerationWorker": "spo_agents.distributed.generation",
     "DataParallelUpdater": "spo_agents.distributed.ddp",
+    "ShardedUpdater": "spo_agents.distributed.fsdp",
+    "ShardedLearner": "spo_agents.distributed.learner_group",
+    "run_follower": "spo_agents.distributed.learner_group",
     "init_from_env": "spo_agents.distributed.ddp",
     "init_ray": "spo_agents.distributed.transport",
     "to_plain": "spo_agents.distributed.transport",
