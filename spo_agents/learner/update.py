@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pydantic
@@ -48,6 +49,31 @@ class OptimConfig(pydantic.BaseModel):
                                             "in `bench learner`, at the same speed on CPU)")
     temperature: float = pydantic.Field(1.0, gt=0, description="T of log_softmax(logits / T); equal to the "
                                         "sampling temperature so ratios compare like with like")
+    schedule: Literal["constant", "linear", "cosine"] = pydantic.Field(
+        "constant", description="learning-rate decay after warm-up: constant | linear | cosine (down to "
+        "lr * min_lr_ratio at decay_steps)")
+    warmup_steps: int = pydantic.Field(0, ge=0, description="optimiser steps of linear warm-up from 0 to lr")
+    decay_steps: int | None = pydantic.Field(None, ge=1, description="step at which the decay reaches its floor "
+                                             "(default: the run's `steps`)")
+    min_lr_ratio: float = pydantic.Field(0.0, ge=0, le=1, description="floor of linear/cosine decay, as a "
+                                         "fraction of lr")
+
+
+def lr_factor(step: int, config: OptimConfig, total_steps: int | None) -> float:
+    """Multiplier of `config.lr` for optimiser step `step` (0-based): linear warm-up, then
+    constant, linear or cosine decay to `min_lr_ratio` at `decay_steps` (or `total_steps`).
+
+    A closed form of the step rather than a torch LRScheduler object: the step is the updater's
+    `version`, already checkpointed, so a resumed run continues the schedule with no extra state.
+    """
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    horizon = config.decay_steps or total_steps
+    if config.schedule == "constant" or not horizon or horizon <= config.warmup_steps:
+        return 1.0
+    progress = min((step - config.warmup_steps) / (horizon - config.warmup_steps), 1.0)
+    shape = 1.0 - progress if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape
 
 
 @dataclass
@@ -115,8 +141,9 @@ class PolicyUpdater:
     """PPO-clip updates of a causal LM from episodes and per-episode advantages."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig | None = None, loss: LossConfig | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", total_steps: int | None = None):
         self.model, self.optim_config, self.loss_config = model, optim or OptimConfig(), loss or LossConfig()
+        self.total_steps = total_steps  # the decay horizon when optim.decay_steps is unset
         self.device = torch.device(device)
         params = [p for p in model.parameters() if p.requires_grad]
         c = self.optim_config
@@ -215,11 +242,14 @@ class PolicyUpdater:
             if param.grad is not None:
                 param.grad.div_(tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_config.grad_clip)
+        lr = self.optim_config.lr * lr_factor(self.version, self.optim_config, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics = _token_weighted([{k: v for k, v in m.items() if k != "loss_sum"} for m in self._accumulated_metrics])
         metrics["loss/total"] = sum(m["loss_sum"] for m in self._accumulated_metrics) / tokens
-        metrics.update(grad_norm=float(grad_norm), train_tokens=self._accumulated_tokens)
+        metrics.update(grad_norm=float(grad_norm), train_tokens=self._accumulated_tokens, lr=lr)
         self._accumulated_tokens, self._accumulated_metrics = 0, []
         self.version += 1
         return metrics

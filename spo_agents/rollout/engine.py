@@ -57,6 +57,8 @@ class Formatter(Protocol):
 
     def decode(self, token_ids: list[int]) -> str: ...
 
+    def reply_text(self, token_ids: list[int]) -> str: ...
+
 
 @dataclass
 class EngineStats:
@@ -292,6 +294,6 @@ class RolloutEngine:
             logprobs=list(result.logprobs),
             finish_reason=FinishReason(result.finish_reason),
             policy_version=result.policy_version,
-            completion_text=self.formatter.decode(result.token_ids),
+            completion_text=self.formatter.reply_text(result.token_ids),
             policy_seconds=time.perf_counter() - started,
         )

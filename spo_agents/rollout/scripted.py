@@ -59,6 +59,9 @@ class ByteFormatter:
     def decode(self, token_ids: list[int]) -> str:
         return bytes(t for t in token_ids if t < 256).decode("utf-8", errors="replace")
 
+    def reply_text(self, token_ids: list[int]) -> str:
+        return self.decode(token_ids)  # the end-of-turn id (IM_END) is not a byte: decode drops it
+
     def turns(self, token_ids: list[int]) -> list[tuple[str, str]]:
         """(role, content) pairs of a rendered conversation (for policies that read it)."""
         text = bytes(t if t < 256 else 0 for t in token_ids).decode("utf-8", errors="replace")

@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from spo_agents.backends.base import BackendClosedError, GenerationResult
+from spo_agents.chat.tool_calls import chat_messages_with_tools
 from spo_agents.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -137,8 +138,10 @@ class _Service:
             message["content"] = message_text(message.get("content"))
             messages.append(message)
         template = self.tool_chat_template if request.tools else self.chat_template
+        # tools through the template when it renders them, else in the system message (chat/tool_calls.py)
+        messages, tools = chat_messages_with_tools(self.tokenizer, template, messages, request.tools)
         text = self.tokenizer.apply_chat_template(
-            messages, tools=request.tools or None, chat_template=template,
+            messages, tools=tools, chat_template=template,
             add_generation_prompt=request.add_generation_prompt, tokenize=False,
             **(request.chat_template_kwargs or {}),
         )

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spo_agents.backends.base import FinishReason, GenerationResult, SamplingParams
+from spo_agents.chat.tool_calls import openai_tool_calls
 
 __all__ = [
     "CompletionRequest",
@@ -292,11 +293,17 @@ def chat_choice(
             ]
         }
     text = _visible_text(tokenizer, result, request.include_stop_str_in_output, request.skip_special_tokens)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    finish_reason = openai_finish_reason(result.finish_reason)
+    if request.tools:  # <tool_call> blocks -> OpenAI tool_calls (chat/tool_calls.py)
+        content, calls = openai_tool_calls(_visible_text(tokenizer, result, True, request.skip_special_tokens))
+        if calls:
+            message, finish_reason = {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
     return {
         "index": 0,
-        "message": {"role": "assistant", "content": text},
+        "message": message,
         "logprobs": logprobs,
-        "finish_reason": openai_finish_reason(result.finish_reason),
+        "finish_reason": finish_reason,
         "stop_reason": _reported_stop_reason(result, request.stop_token_ids or ()),
         **_extensions(result, prompt_ids, bool(request.return_token_ids)),
     }

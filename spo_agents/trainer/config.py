@@ -102,18 +102,19 @@ class SFTConfig(pydantic.BaseModel):
         None, description="bundled chat template for the demonstrations and the saved model; default: "
         "chatml_compact for tiny (no system turn or tool schemas), the model's own otherwise")
     env_id: str = pydantic.Field("spo/Calculator-v0", description="environment with oracle_action()")
-    env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1, "num_tasks": 10000})
+    env_kwargs: dict[str, Any] = pydantic.Field(default_factory=lambda: {"difficulty": 1, "num_tasks": 10000},
+                                                description="keyword arguments of the env")
     num_demos: int = pydantic.Field(8000, ge=1, description="oracle episodes (distinct train tasks)")
     direct_answers: DirectAnswers | None = pydantic.Field(
         None, description="a demonstrator that sometimes answers without the tool (see DirectAnswers)")
     steps: int = pydantic.Field(1200, ge=1, description="optimiser steps")
     batch_size: int = pydantic.Field(16, ge=1, description="demonstrations per step")
     lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
-    weight_decay: float = pydantic.Field(0.0, ge=0)
-    grad_clip: float = pydantic.Field(1.0, gt=0)
-    microbatch_tokens: int = pydantic.Field(8192, ge=16)
-    device: str = "cpu"
-    seed: int = 0
+    weight_decay: float = pydantic.Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = pydantic.Field(1.0, gt=0, description="max global gradient norm")
+    microbatch_tokens: int = pydantic.Field(8192, ge=16, description="token budget of one micro-batch (padded)")
+    device: str = pydantic.Field("cpu", description="cpu | cuda")
+    seed: int = pydantic.Field(0, description="seed of the demonstrations, model and shuffling")
     output_dir: str = pydantic.Field("runs/sft", description="folder for the warm-started model")
 
 
@@ -139,7 +140,9 @@ class TrainConfig(pydantic.BaseModel):
     learner_parallel: LearnerParallel = pydantic.Field(
         LearnerParallel.NONE, description="none | fsdp: shard the policy, gradients and optimiser over the processes "
         "of `torchrun --nproc_per_node=N -m spo_agents train` (FSDP2; rank 0 runs the trainer)")
-    env_id: str = pydantic.Field("spo/Calculator-v0", description="registered environment id")
+    env_id: str = pydantic.Field("spo/Calculator-v0", description="environment: a registered id (built in or an "
+                                 "installed plugin's), 'module:EnvId' or 'path/to/file.py:EnvId' (see "
+                                 "docs/custom-environments.md)")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict, description="keyword arguments of the env")
     steps: int = pydantic.Field(20, ge=1, description="learner steps")
     batch_size: int = pydantic.Field(16, ge=1, description="episodes per learner step (B)")
@@ -158,13 +161,18 @@ class TrainConfig(pydantic.BaseModel):
     warm_start: SFTConfig | None = pydantic.Field(
         None, description="supervised warm start run into the `model` folder before training unless that folder "
         "already holds one made with these settings (the `spo-agents sft` settings; output_dir is `model`)")
-    rollout: RolloutConfig = pydantic.Field(default_factory=RolloutConfig)
-    tracker: TrackerConfig = pydantic.Field(default_factory=TrackerConfig)
-    sampler: SamplerConfig = pydantic.Field(default_factory=SamplerConfig)
-    advantage: AdvantageConfig = pydantic.Field(default_factory=AdvantageConfig)
-    loss: LossConfig = pydantic.Field(default_factory=LossConfig)
-    optim: OptimConfig = pydantic.Field(default_factory=OptimConfig)
-    eval: EvalConfig = pydantic.Field(default_factory=EvalConfig)
+    rollout: RolloutConfig = pydantic.Field(default_factory=RolloutConfig, description="rollout slots, sampling, "
+                                            "token budgets, timeouts")
+    tracker: TrackerConfig = pydantic.Field(default_factory=TrackerConfig, description="SPO's per-task value tracker")
+    sampler: SamplerConfig = pydantic.Field(default_factory=SamplerConfig, description="SPO's prioritised task "
+                                            "sampler")
+    advantage: AdvantageConfig = pydantic.Field(default_factory=AdvantageConfig, description="advantage "
+                                                "normalisation")
+    loss: LossConfig = pydantic.Field(default_factory=LossConfig, description="PPO-clip policy loss")
+    optim: OptimConfig = pydantic.Field(default_factory=OptimConfig, description="AdamW optimiser and "
+                                        "learning-rate schedule")
+    eval: EvalConfig = pydantic.Field(default_factory=EvalConfig, description="held-out evaluation before, "
+                                      "during and after training")
     threads: ThreadsConfig = pydantic.Field(default_factory=ThreadsConfig, description="torch intra-op threads "
                                             "of the learner and the local decoder (trainer/threads.py)")
     output_dir: str = pydantic.Field("runs/latest", description="run folder")

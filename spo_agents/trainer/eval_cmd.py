@@ -15,7 +15,7 @@ from rich.table import Table
 from spo_agents.trainer.checkpoint import load_weights
 from spo_agents.trainer.evaluate import evaluate
 from spo_agents.trainer.lora import LoraSettings
-from spo_agents.trainer.parts import PolicyParts, build_policy, state_dict_for_backend, task_ids
+from spo_agents.trainer.parts import PolicyParts, build_policy, resolve_env_id, state_dict_for_backend, task_ids
 
 
 def policy_for_checkpoint(path: Path, base_model: str | None = None) -> PolicyParts:
@@ -46,14 +46,18 @@ def _policy_for(spec: str, base_model: str | None) -> PolicyParts:
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= args.k <= 32:
         raise SystemExit("k must be between 1 and 32")
-    policy = _policy_for(args.model, args.base_model)
     env_kwargs = {}
     for item in getattr(args, "env_arg", None) or []:
         key, _, raw = item.partition("=")
         env_kwargs[key.strip()] = yaml.safe_load(raw)
-    ids = sorted(task_ids(args.env, env_kwargs, args.split))[: args.tasks]
+    try:  # the environment and its split are checked before the model loads
+        env_id = resolve_env_id(args.env)
+        ids = sorted(task_ids(env_id, env_kwargs, args.split))[: args.tasks]
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"spo-agents eval: {exc}") from None
+    policy = _policy_for(args.model, args.base_model)
     try:
-        result = asyncio.run(evaluate(policy.backend, policy.formatter, args.env, {**env_kwargs, "split": args.split}, ids,
+        result = asyncio.run(evaluate(policy.backend, policy.formatter, env_id, {**env_kwargs, "split": args.split}, ids,
                                       samples_per_task=args.k, temperature=args.temperature, top_p=args.top_p,
                                       num_slots=args.slots, ks=[k for k in (1, 2, 4, 8, 16, 32) if k <= args.k]))
     finally:

@@ -34,7 +34,8 @@ from spo_agents.trainer.checkpoint import latest_checkpoint, load_checkpoint, sa
 from spo_agents.trainer.config import Algo, GRPOMode, LearnerParallel, SPOUpdate, TrainConfig, dump_config
 from spo_agents.trainer.evaluate import evaluate
 from spo_agents.trainer.metrics import MetricsLogger
-from spo_agents.trainer.parts import build_policy, seed_everything, state_dict_for_backend, task_ids
+from spo_agents.trainer.parts import (build_policy, eval_task_ids, resolve_env_id, seed_everything,
+                                     state_dict_for_backend, task_ids)
 from spo_agents.trainer.sft import ensure_warm_start
 from spo_agents.trainer.stats import difference_interval
 from spo_agents.trainer.tasks import PrioritisedTasks, UniformTasks
@@ -65,6 +66,10 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / "config.yaml")
+        # environment and splits are checked before anything expensive (warm start, model) loads
+        self.config = config = config.model_copy(update={"env_id": resolve_env_id(config.env_id)})
+        self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
+        self.eval_ids = eval_task_ids(config) if config.eval.enabled else []
         if config.warm_start is not None and not resume:
             ensure_warm_start(config.model, config.warm_start, log=lambda line: print(line, flush=True))
         seed_everything(config.seed)
@@ -78,7 +83,6 @@ class Trainer:
                                    generation_options=config.generation_client_options())
         self.updater = self._build_learner()
         self._plan_threads()
-        self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
         self.tracker = ValueTracker(config.tracker.prior_alpha, config.tracker.prior_beta)
         if config.value_table:
             self.tracker.init_from_table(read_value_table(config.value_table), config.tracker.rho_min,
@@ -97,12 +101,14 @@ class Trainer:
     def _build_learner(self) -> Any:
         """PolicyUpdater, or rank 0's handle on the FSDP2-sharded learner (distributed/learner_group.py)."""
         config = self.config
+        # the lr schedule decays over the run's steps unless optim.decay_steps says otherwise
+        optim = config.optim if config.optim.decay_steps else config.optim.model_copy(update={"decay_steps": config.steps})
         if config.learner_parallel is LearnerParallel.FSDP:
             from spo_agents.distributed.learner_group import ShardedLearner
 
-            return ShardedLearner(self.policy.train_model, config.optim, config.loss, config.device,
+            return ShardedLearner(self.policy.train_model, optim, config.loss, config.device,
                                   self.run_dir / "checkpoints")
-        return PolicyUpdater(self.policy.train_model, config.optim, config.loss, config.device)
+        return PolicyUpdater(self.policy.train_model, optim, config.loss, config.device)
 
     def _backend_weights(self) -> dict[str, Any]:
         gather = getattr(self.updater, "backend_weights", None)  # the sharded learner gathers its shards
@@ -309,8 +315,7 @@ class Trainer:
         config = self.config
         if not config.eval.enabled:
             return {}
-        ids = task_ids(config.env_id, config.env_kwargs, config.eval.split)
-        ids = sorted(ids)[: config.eval.num_tasks]
+        ids = self.eval_ids
         result = await evaluate(self.policy.backend, self.policy.formatter, config.env_id,
                                 {**config.env_kwargs, "split": config.eval.split}, ids,
                                 temperature=config.eval.temperature, num_slots=config.rollout.num_slots,

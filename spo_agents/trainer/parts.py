@@ -7,8 +7,12 @@ Kept apart from the loop so that each piece is small and testable, and so that `
 from __future__ import annotations
 
 import copy
+import difflib
+import importlib
 import random
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -18,6 +22,7 @@ import torch
 from spo_agents.backends.models import LoadedModel, load_model
 from spo_agents.backends.transformers_backend import TransformersBackend
 from spo_agents.chat import ChatFormatter
+from spo_agents.env.registry import registered_ids
 from spo_agents.trainer.lora import LoraSettings, merged_state_dict, wrap_with_lora
 
 
@@ -82,6 +87,50 @@ def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_
     return PolicyParts(loaded, train_model, backend, formatter)
 
 
+class SetupError(ValueError):
+    """A run's configuration cannot work (unknown environment, missing split); reported in one
+    line before anything expensive loads."""
+
+
+ENV_ID_FORMS = ("an id registered by spo-agents (spo/...) or by an installed plugin (entry-point group "
+                "spo_agents.envs), 'module:EnvId' (the module is imported first, so its gymnasium.register "
+                "call registers EnvId; e.g. mypkg.envs:mypkg/MyEnv-v0) or 'path/to/file.py:EnvId'")
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Check that `env_id` names an environment, before anything expensive (a model) loads.
+
+    Returns the id to hand to `gymnasium.make` in every process: unchanged, except that
+    'path/to/file.py:EnvId' becomes 'file:EnvId' with the file's folder put on `sys.path`
+    (env processes the rollout engine spawns inherit `sys.path`). Raises ValueError naming the
+    accepted forms (SetupError) when the id is not registered or its module cannot be imported.
+    """
+    import spo_agents  # noqa: F401  (registers built-in and plugin environments)
+
+    module, sep, name = env_id.partition(":")
+    if sep and module.endswith(".py"):
+        path = Path(module).resolve()
+        if not path.is_file():
+            raise SetupError(f"env_id {env_id!r}: no file {path}")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        module, env_id = path.stem, f"{path.stem}:{name}"
+    if sep:
+        try:
+            importlib.import_module(module)  # its gymnasium.register calls run
+        except ImportError as exc:
+            raise SetupError(f"env_id {env_id!r}: cannot import module {module!r} ({exc}). An env_id is "
+                             f"{ENV_ID_FORMS}") from None
+    try:
+        gymnasium.spec(name if sep else env_id)
+    except gymnasium.error.Error:
+        close = difflib.get_close_matches(name if sep else env_id, sorted(gymnasium.registry), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SetupError(f"environment {env_id!r} is not registered{hint}. An env_id is {ENV_ID_FORMS}. "
+                         f"Registered spo-agents ids: {', '.join(registered_ids())}") from None
+    return env_id
+
+
 def task_ids(env_id: str, env_kwargs: dict[str, Any], split: str) -> list[str]:
     """Task ids of one split of a registered environment (environments built on ToolEnv)."""
     import spo_agents  # noqa: F401  (registration)
@@ -94,6 +143,24 @@ def task_ids(env_id: str, env_kwargs: dict[str, Any], split: str) -> list[str]:
         return list(splits[split].ids)
     finally:
         env.close()
+
+
+def eval_task_ids(config: Any) -> list[str]:
+    """The evaluation tasks of a TrainConfig (`eval.split`, first `eval.num_tasks` by id).
+
+    An environment without that split is a configuration error, reported before the model
+    loads; evaluating on training tasks instead would report memorisation as held-out accuracy,
+    so it is never done silently."""
+    split = config.eval.split
+    try:
+        ids = task_ids(config.env_id, config.env_kwargs, split)
+    except (ValueError, KeyError) as exc:
+        raise SetupError(f"evaluation needs the split {split!r} of {config.env_id}, which it cannot give ({exc}); "
+                         "give the environment a held-out split, set eval.split to one it has (the training "
+                         "split measures no generalisation), or set eval.enabled=false") from None
+    if not ids:
+        raise SetupError(f"the {split!r} split of {config.env_id} is empty; set eval.split or eval.enabled=false")
+    return sorted(ids)[: config.eval.num_tasks]
 
 
 def state_dict_for_backend(model: torch.nn.Module) -> dict[str, torch.Tensor]:

