@@ -369,6 +369,11 @@ class OpenAICompatibleBackend:
                                          timeout=self._weights_timeout)
         except BackendHTTPError as exc:
             path.unlink(missing_ok=True)
+            if exc.status in (401, 403):
+                raise BackendHTTPError(
+                    "the server refused the weights push: give the client the server's API key (api_key; for the "
+                    "trainer generation_api_key or SPO_AGENTS_API_KEY) and start `spo-agents serve` with --weights-dir",
+                    url=exc.url, status=exc.status, body=exc.body, attempts=exc.attempts) from exc
             if exc.status in (404, 405):
                 raise BackendHTTPError(
                     "the server has no /v1/load_weights endpoint (only `spo-agents serve` has it; for vLLM or "

@@ -4,6 +4,10 @@ Each subcommand lives in its own module exposing `register(subparsers)`; `bench`
 collects benchmark modules that expose `register_bench(bench_subparsers)`. Heavy imports
 (torch, transformers, ray) happen inside the command functions, never at parser build, so
 `spo-agents --help` stays instant.
+
+A user's mistake (bad flag, missing file, invalid config) is one line on stderr and exit code 2;
+a bug keeps its traceback (spo_agents.cli.errors). `--debug` or SPO_AGENTS_DEBUG=1 shows the
+traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from spo_agents.cli.errors import OneLineArgumentParser, debug_enabled, report, user_error_message
 
 # Modules with `register(subparsers)`, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -33,10 +39,11 @@ BENCH_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="spo-agents",
         description="Train tool-calling LLM agents with Single-stream Policy Optimization.",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors (or SPO_AGENTS_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -49,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print(f"spo-agents {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if user_error_message(exc) is None or debug_enabled(args):
+            raise  # a bug (or --debug): the traceback is the report
+        return report(args.command, exc)
     return int(result or 0)
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 _LAZY = {
     "create_app": "spo_agents.serve.app",
-    "load_safetensors_weights": "spo_agents.serve.app",
+    "load_safetensors_weights": "spo_agents.serve.weights",
+    "WeightsFolder": "spo_agents.serve.weights",
     "default_eos_token_ids": "spo_agents.serve.app",
     "ServerThread": "spo_agents.serve.runner",
     "serve_forever": "spo_agents.serve.runner",

@@ -20,7 +20,7 @@ and top-k alternatives in `logprobs` (only the sampled token's log-prob exists i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -43,6 +43,9 @@ __all__ = [
 # vLLM clamps -inf log-probs to this value so responses stay valid JSON; we do the same.
 LOGPROB_FLOOR = -9999.0
 TOOL_CALL_STOP = "</tool_call>"
+# bounds a tensor or a torch generator can hold: a larger number is a 400, not an overflow inside the backend
+_TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+_SEED_RANGE = {"ge": -(2**63), "lt": 2**64}  # what torch.Generator.manual_seed accepts
 
 
 class RequestError(ValueError):
@@ -56,16 +59,16 @@ class RequestError(ValueError):
 class _SamplingFields(BaseModel):
     """Fields shared by completions and chat completions (unknown fields are ignored, as in vLLM)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN / Infinity are JSON to Python, not to us
 
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None  # 0 or -1 disables, as in vLLM
+    top_k: int | None = Field(None, ge=-1, lt=2**31)  # 0 or -1 disables, as in vLLM
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[_TokenId] | None = None
     ignore_eos: bool = False
-    seed: int | None = None
+    seed: int | None = Field(None, **_SEED_RANGE)
     n: int = 1
     stream: bool = False
     skip_special_tokens: bool = True
@@ -125,7 +128,7 @@ class CompletionRequest(_SamplingFields):
 class ChatCompletionRequest(_SamplingFields):
     """`POST /v1/chat/completions`: messages rendered with the chat template, then generated."""
 
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -133,6 +136,14 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, message in enumerate(messages):
+            if not isinstance(message.get("role"), str):
+                raise ValueError(f"message {i} has no string `role`")
+        return messages
 
     @field_validator("top_logprobs")
     @classmethod
@@ -145,8 +156,9 @@ class ChatCompletionRequest(_SamplingFields):
 class LoadWeightsRequest(BaseModel):
     """`POST /v1/load_weights`: a safetensors file (or a folder holding them) and its version."""
 
-    path: str = Field(description="a .safetensors file, or a folder with model.safetensors or *.safetensors shards")
-    version: int = Field(ge=0, description="the policy version these weights are")
+    path: str = Field(max_length=4096, description="a .safetensors file, or a folder with model.safetensors or "
+                      "*.safetensors shards, inside the server's weights folder (absolute, or relative to it)")
+    version: int = Field(ge=0, lt=2**63, description="the policy version these weights are (above the current one)")
 
 
 # ---------------------------------------------------------------------------- requests -> params

@@ -6,6 +6,7 @@ Overrides use dotted paths: `--set rollout.num_slots=16 --set optim.lr=1e-5`.
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ from spo_agents.rollout.config import RolloutConfig
 from spo_agents.trainer.lora import LoraSettings
 from spo_agents.trainer.threads import ThreadsConfig
 
+API_KEY_ENV = "SPO_AGENTS_API_KEY"  # the generation servers' API key when generation_api_key is not set
 MODEL_PRESETS = ("tiny", "smollm2-135m")  # as spo_agents.backends.models.PRESETS (kept torch-free here)
 
 
@@ -140,6 +142,9 @@ class TrainConfig(pydantic.BaseModel):
     learner_parallel: LearnerParallel = pydantic.Field(
         LearnerParallel.NONE, description="none | fsdp: shard the policy, gradients and optimiser over the processes "
         "of `torchrun --nproc_per_node=N -m spo_agents train` (FSDP2; rank 0 runs the trainer)")
+    generation_api_key: pydantic.SecretStr | None = pydantic.Field(
+        None, exclude=True, description="openai/ray servers: the servers' API key (`spo-agents serve` needs it to "
+        "load weights); default: the SPO_AGENTS_API_KEY environment variable; never written to config.yaml or printed")
     env_id: str = pydantic.Field("spo/Calculator-v0", description="environment: a registered id (built in or an "
                                  "installed plugin's), 'module:EnvId' or 'path/to/file.py:EnvId' (see "
                                  "docs/custom-environments.md)")
@@ -219,13 +224,18 @@ class TrainConfig(pydantic.BaseModel):
         options: dict[str, Any] = {"server": server, "dialect": "sglang" if server == "sglang" else "vllm"}
         if self.generation_weights_dir:
             options["weights_dir"] = self.generation_weights_dir
+        key = self.generation_api_key.get_secret_value() if self.generation_api_key else os.environ.get(API_KEY_ENV)
+        if key:
+            options["api_key"] = key
         return options
 
 
 def _set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
     keys = path.split(".")
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1], start=1):
         data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise ValueError(f"override {path}: {'.'.join(keys[:depth])} holds a value ({data!r}), not a section")
     data[keys[-1]] = value
 
 
@@ -251,6 +261,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(config_text(path)) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config {str(path)!r} must hold a mapping of fields, not a {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")

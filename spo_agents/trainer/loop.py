@@ -64,8 +64,7 @@ class Trainer:
         self.config, self.resume, self.engine_factory = config, resume, engine_factory
         self.show_progress = show_progress
         self.run_dir = Path(config.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, self.run_dir / "config.yaml")
+        as_given = config  # what config.yaml records (env_id as the user wrote it)
         # environment and splits are checked before anything expensive (warm start, model) loads
         self.config = config = config.model_copy(update={"env_id": resolve_env_id(config.env_id)})
         self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
@@ -90,6 +89,9 @@ class Trainer:
         self.drift_cache = DriftCache.from_config(config.tracker)
         self.sampler = TaskSampler.from_config(self.train_ids, self.tracker, config.sampler)
         self.uniform = UniformTasks(self.train_ids, config.seed)
+        # the run folder is touched only once everything above (model, environment, tables) was built
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(as_given, self.run_dir / "config.yaml")
         self.spo = SPOAlgorithm(self.tracker, self.drift_cache, config)
         self.grpo = GRPOAlgorithm(config)
         self.step = 0

@@ -206,8 +206,13 @@ def test_weight_reload_changes_version_and_outputs_without_dropping_requests(mod
     with TransformersBackend(new_model, tokenizer) as be:
         expected_new = be.generate_many(prompts, GREEDY)
     long = SamplingParams(temperature=0.0, max_new_tokens=1000, stop_token_ids=())
-    with TransformersBackend(copy.deepcopy(model), tokenizer) as be, ServerThread(create_app(be, tokenizer, "tiny")) as srv:
-        client = client_for(srv.url, weights_dir=tmp_path)
+    app = lambda be: create_app(be, tokenizer, "tiny", api_key="push-key", weights_dir=tmp_path)  # noqa: E731
+    with TransformersBackend(copy.deepcopy(model), tokenizer) as be, ServerThread(app(be)) as srv:
+        keyless = client_for(srv.url, weights_dir=tmp_path, max_retries=0)
+        with pytest.raises(BackendHTTPError, match="refused the weights push") as refused:
+            keyless.update_weights(new_model.state_dict(), version=1)
+        assert refused.value.status == 401 and be.policy_version == 0
+        client = client_for(srv.url, weights_dir=tmp_path, api_key="push-key")
         before = asyncio.run(gather(client, prompts, GREEDY))
         client.update_weights(new_model.state_dict(), version=1)  # blocking form, from this thread
         after = asyncio.run(gather(client, prompts, GREEDY))

@@ -161,6 +161,9 @@ def test_models_and_health(http):
     assert card["id"] == "tiny" and card["max_model_len"] == 4096 and card["object"] == "model"
 
 
+KEY = "test-key-0123456789"
+
+
 def test_load_weights_endpoint(model, tokenizer, tmp_path):
     from safetensors.torch import save_file
 
@@ -172,15 +175,17 @@ def test_load_weights_endpoint(model, tokenizer, tmp_path):
     prompt = [17, 230, 45, 9, 301]
     with TransformersBackend(other, tokenizer) as be:
         expected = be.generate_many([prompt], NO_STOP)[0].token_ids
-    with TransformersBackend(copy.deepcopy(model), tokenizer) as be, ServerThread(create_app(be, tokenizer, "tiny")) as srv:
-        post = lambda path, body: httpx.post(f"{srv.url}{path}", json=body, timeout=60)  # noqa: E731
+    with TransformersBackend(copy.deepcopy(model), tokenizer) as be, \
+            ServerThread(create_app(be, tokenizer, "tiny", api_key=KEY, weights_dir=tmp_path)) as srv:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        post = lambda path, body: httpx.post(f"{srv.url}{path}", json=body, headers=headers, timeout=60)  # noqa: E731
         loaded = post("/v1/load_weights", {"path": str(folder), "version": 7})
         assert loaded.status_code == 200 and loaded.json()["policy_version"] == 7
         choice = post("/v1/completions", {"prompt": prompt, "max_tokens": 24, "temperature": 0, "ignore_eos": True}).json()["choices"][0]
         assert choice["token_ids"] == expected and choice["policy_version"] == 7
-        missing = post("/v1/load_weights", {"path": str(tmp_path / "nothing"), "version": 8})
-        assert missing.status_code == 404 and "no safetensors weights" in missing.json()["error"]["message"]
-        bad = post("/v1/load_weights", {"path": str(tmp_path / "bad.safetensors"), "version": 8})
+        missing = post("/v1/load_weights", {"path": "nothing", "version": 8})
+        assert missing.status_code == 400 and "no readable safetensors weights" in missing.json()["error"]["message"]
+        bad = post("/v1/load_weights", {"path": "bad.safetensors", "version": 8})  # relative to the weights folder
         assert bad.status_code == 400 and "shape" in bad.json()["error"]["message"]
         assert httpx.get(f"{srv.url}/health").json()["policy_version"] == 7
 

@@ -99,10 +99,12 @@ def test_weight_broadcast_and_a_replica_that_dies(local, remote, tiny):
     assert_same(results, after, version=1)
 
 
-def test_an_actor_can_host_the_http_client_of_a_server(local, tiny, ray_cluster):
+def test_an_actor_can_host_the_http_client_of_a_server(local, tiny, ray_cluster, tmp_path):
     serve = pytest.importorskip("spo_agents.serve")
-    with serve.ServerThread(serve.create_app(local, tiny.tokenizer, "tiny")) as server:
-        spec = GenerationSpec(kind="openai", base_url=server.url, model=None, options={"max_retries": 1})
+    app = serve.create_app(local, tiny.tokenizer, "tiny", api_key="ray-key", weights_dir=tmp_path)
+    with serve.ServerThread(app) as server:
+        options = {"max_retries": 1, "api_key": "ray-key", "weights_dir": str(tmp_path)}
+        spec = GenerationSpec(kind="openai", base_url=server.url, model=None, options=options)
         with RayGenerationBackend(spec, num_workers=1, num_cpus=0.5, policy_version=local.policy_version) as remote:
             batch = prompts(tiny.tokenizer, seed=2)
             assert_same(generate_all(remote, batch, GREEDY), generate_all(local, batch, GREEDY),
