@@ -14,12 +14,13 @@ from rich.markup import escape
 from rich.panel import Panel
 
 import spo_agents  # noqa: F401  (registers the environments)
+from spo_agents.cli.checks import positive_int
 from spo_agents.env import registered_ids
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="play episodes of each built-in environment with a scripted policy")
-    parser.add_argument("--episodes", type=int, default=2, help="episodes per environment")
+    parser.add_argument("--episodes", type=positive_int, default=2, help="episodes per environment")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run_demo)
 

@@ -7,6 +7,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from spo_agents.cli.checks import check_env, positive_int
+from spo_agents.cli.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("envs", help="list registered environments; `envs show ID` plays a sample episode")
@@ -20,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--stats", action="store_true",
                       help="instead of one transcript, print the distribution of turns and tokens per episode "
                            "under the oracle over a sample of tasks (tokens ~ characters / 4)")
-    show.add_argument("--samples", type=int, default=200, help="tasks sampled for --stats")
+    show.add_argument("--samples", type=positive_int, default=200, help="tasks sampled for --stats")
     show.add_argument("--split", default="train", help="task split sampled for --stats")
     show.set_defaults(func=show_env)
 
@@ -45,11 +48,19 @@ def list_envs(args: argparse.Namespace) -> int:
 
 
 def show_env(args: argparse.Namespace) -> int:
+    check_env(args.env_id, {}, (args.split,) if args.stats else ())
     if args.stats:
         return show_stats(args)
     from spo_agents.cli.demo_cmd import play_oracle_episode, print_transcript
 
-    transcript, reward = play_oracle_episode(args.env_id, seed=args.seed, task_id=args.task_id)
+    try:
+        transcript, reward = play_oracle_episode(args.env_id, seed=args.seed, task_id=args.task_id)
+    except TypeError as exc:  # the environment has no scripted oracle
+        raise UserError(str(exc)) from exc
+    except (KeyError, ValueError) as exc:
+        if args.task_id is None:
+            raise  # not the user's doing
+        raise UserError(f"{args.env_id} has no task {args.task_id!r} ({exc})") from exc
     print_transcript(args.env_id, transcript, reward)
     return 0
 

@@ -1,10 +1,27 @@
-"""`spo-agents train`, `spo-agents eval` and `spo-agents estimate-values`."""
+"""`spo-agents train`, `spo-agents eval` and `spo-agents estimate-values`.
+
+Each command checks everything it was given (config, environment, model spec, folders) before it
+touches the disk or loads a model; a mistake is one line and exit code 2 (spo_agents.cli.errors).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+from pathlib import Path
+
+from spo_agents.cli.checks import (
+    check_env,
+    check_model_spec,
+    check_output_dir,
+    check_parent_folder,
+    check_run_config,
+    non_negative_float,
+    positive_int,
+    unit_interval,
+)
+from spo_agents.cli.errors import UserError, user_error_message
 
 
 def _config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
@@ -17,7 +34,26 @@ def _config_args(parser: argparse.ArgumentParser, default_config: str | None = N
     parser.add_argument("--output-dir", default=None, help="run folder")
 
 
+def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
+    """`key.sub=value` pairs, values parsed as YAML; a malformed one is a UserError."""
+    import yaml
+
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise UserError(f"override {item!r} must look like key.sub=value")
+        try:
+            pairs.append((key.strip(), yaml.safe_load(raw)))
+        except yaml.YAMLError as exc:
+            raise UserError(f"override {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    return pairs
+
+
 def _load(args: argparse.Namespace):
+    import pydantic
+    import yaml
+
     from spo_agents.trainer.config import load_config
 
     overrides = list(args.set)
@@ -25,7 +61,15 @@ def _load(args: argparse.Namespace):
         overrides.append(f"algo={args.algo}")
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    return load_config(args.config, overrides)
+    parse_overrides(overrides)  # a malformed override is named before the config file is read
+    try:
+        return load_config(args.config, overrides)
+    except pydantic.ValidationError:
+        raise  # reported field by field (spo_agents.cli.errors)
+    except (FileNotFoundError, ValueError) as exc:  # no such file or preset; a config that is no mapping
+        raise UserError(str(exc)) from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {args.config}: {user_error_message(exc)}") from exc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,11 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--env", default="spo/Calculator-v0")
     ev.add_argument("--model", default="tiny", help="model spec or a run's checkpoint folder (model.safetensors)")
     ev.add_argument("--base-model", default=None, help="model spec of a checkpoint's base (default: from its run)")
-    ev.add_argument("--tasks", type=int, default=64, help="held-out tasks evaluated")
-    ev.add_argument("-k", type=int, default=8, help="samples per task (k up to 32)")
-    ev.add_argument("--temperature", type=float, default=0.6)
-    ev.add_argument("--top-p", type=float, default=0.95)
-    ev.add_argument("--slots", type=int, default=16)
+    ev.add_argument("--tasks", type=positive_int, default=64, help="held-out tasks evaluated (the first N)")
+    ev.add_argument("-k", type=positive_int, default=8, help="samples per task (k up to 32)")
+    ev.add_argument("--temperature", type=non_negative_float, default=0.6)
+    ev.add_argument("--top-p", type=unit_interval, default=0.95)
+    ev.add_argument("--slots", type=positive_int, default=16)
     ev.add_argument("--split", default="heldout")
     ev.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="environment keyword argument, e.g. --env-arg difficulty=1 (repeatable)")
@@ -55,9 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     est = subparsers.add_parser("estimate-values", help="offline SPO value estimates (n0 episodes per task)")
     _config_args(est)
-    est.add_argument("--n0", type=int, default=8, help="episodes per task")
+    est.add_argument("--n0", type=positive_int, default=8, help="episodes per task")
     est.add_argument("--out", required=True, help="JSONL table (appended; resumable)")
-    est.add_argument("--max-tasks", type=int, default=None, help="only the first N training tasks")
+    est.add_argument("--max-tasks", type=positive_int, default=None, help="only the first N training tasks")
     est.set_defaults(func=run_estimate_values)
 
 
@@ -104,6 +148,9 @@ def run_train(args: argparse.Namespace) -> int:
         if follower_rank() > 0:  # torchrun's other ranks: the sharded learner's followers
             run_follower(config)
             return 0
+    # rank 0 (or the only process) checks: followers start after it may have made the run folder
+    check_output_dir(config.output_dir, resume=args.resume)
+    check_run_config(config, resume=args.resume)
     from spo_agents.trainer.loop import Trainer
     from spo_agents.trainer.parts import SetupError
     from spo_agents.trainer.plots import plot_run
@@ -118,7 +165,30 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_model(model: str, base_model: str | None) -> None:
+    """A model spec, or a run checkpoint (model.safetensors, no config.json) with a known base."""
+    path = Path(model)
+    if (path / "model.safetensors").is_file() and not (path / "config.json").is_file():
+        run_config = path.parent.parent / "config.yaml"
+        if base_model is None and not run_config.is_file():
+            raise UserError(f"checkpoint {model} is not inside a run folder (no {run_config}); name its base model "
+                            "with --base-model")
+        if base_model is not None:
+            check_model_spec(base_model, what="--base-model")
+        return
+    check_model_spec(model, what="--model")
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    if args.k > 32:
+        raise UserError(f"-k {args.k}: at most 32 samples per task")
+    env_kwargs = dict(parse_overrides(args.env_arg))
+    if any("." in key for key in env_kwargs):
+        raise UserError(f"--env-arg takes KEY=VALUE with a plain key, got {sorted(env_kwargs)}")
+    check_env(args.env, env_kwargs, (args.split,))
+    _check_eval_model(args.model, args.base_model)
+    if args.json_out:
+        check_parent_folder(args.json_out, "--json-out")
     from spo_agents.trainer.eval_cmd import evaluate_command
 
     result = evaluate_command(args)
@@ -127,9 +197,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_estimate_values(args: argparse.Namespace) -> int:
+    config = _load(args)
+    check_parent_folder(args.out, "--out")
+    check_model_spec(config.model)
+    check_env(config.env_id, config.env_kwargs, ("train",))
     from spo_agents.trainer.estimate import estimate_values
 
-    config = _load(args)
     written = asyncio.run(estimate_values(config, args.out, args.n0, args.max_tasks))
     print(json.dumps({"tasks_estimated": written, "out": args.out}))
     return 0
