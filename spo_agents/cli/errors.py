@@ -43,7 +43,7 @@ def _pydantic_message(exc: Any) -> str:
     """`field.path: problem (got value)` for each error of a pydantic ValidationError."""
     parts = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error.get("loc", ())) or "config"
+        where = ".".join(str(p) for p in error.get("loc", ()))
         kind, message = error.get("type", ""), error.get("msg", "invalid")
         if kind == "extra_forbidden":
             message = "unknown field"
@@ -52,7 +52,7 @@ def _pydantic_message(exc: Any) -> str:
         got = error.get("input")
         if kind not in ("extra_forbidden", "missing") and not isinstance(got, (dict, list)) and got is not None:
             message += f" (got {got!r})"
-        parts.append(f"{where}: {message}")
+        parts.append(f"{where}: {message}" if where else message)  # no field: a rule across fields
     return "invalid config: " + "; ".join(parts)
 
 

@@ -302,15 +302,18 @@ def test_the_trainer_generates_on_spo_serve_and_pushes_each_step(model, tokenize
     from spo_agents.trainer.loop import Trainer
     from spo_agents.trainer.metrics import read_metrics
 
+    (tmp_path / "weights").mkdir()
     with TransformersBackend(copy.deepcopy(model), tokenizer) as be, \
-            ServerThread(create_app(be, tokenizer, "tiny")) as srv:
+            ServerThread(create_app(be, tokenizer, "tiny", api_key="trainer-key", weights_dir=tmp_path / "weights")) as srv:
         config = load_config(None, [
             "model=tiny", "warm_start=null", "env_kwargs={}", "steps=2", "batch_size=2", "eval.num_tasks=2",
             "transcripts=0", "rollout.num_slots=2", "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=16",
             "checkpoint_every=5", "generation=openai", f"generation_url={srv.url}", "generation_server=spo",
-            f"generation_weights_dir={tmp_path / 'weights'}", f"output_dir={tmp_path / 'run'}"])
+            f"generation_weights_dir={tmp_path / 'weights'}", f"output_dir={tmp_path / 'run'}",
+            "generation_api_key=trainer-key"])
         summary = asyncio.run(Trainer(config, show_progress=False).run())
         assert be.policy_version == 2  # the initial sync (version 0), then one push per step
+    assert "trainer-key" not in (tmp_path / "run" / "config.yaml").read_text()  # the key is never saved
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert summary["steps"] == 2 and [r["policy/version"] for r in records if r["kind"] == "train"] == [1, 2]
     assert summary["episodes"] >= 4 and [r["kind"] for r in records].count("eval") == 2

@@ -32,9 +32,9 @@ CASES = [
     (["train", "--set", "rollout=5"], "rollout: Input should be a valid dictionary"),
     (["train", "--set", "steps.x=1"], "steps holds a value"),
     (["train", "--set", "algo=ppo"], "algo: Input should be 'spo' or 'grpo'"),
-    (["train", "--algo", "grpo", "--set", "batch_size=10"], "must be a multiple of group_size"),
+    (["train", "--algo", "grpo", "--set", "batch_size=10"], "invalid config: batch_size (10) must be a multiple of group_size"),
     (["train", "--set", "optim.lr=-1"], "optim.lr: Input should be greater than 0"),
-    (["train", "--set", "generation=openai", *NO_WARM], "openai needs generation_url"),
+    (["train", "--set", "generation=openai", *NO_WARM], "invalid config: generation: openai needs exactly one generation_url"),
     (["train", "--nosuch"], "unrecognized arguments: --nosuch"),
     # train: what the config names, checked before the run folder is touched
     (["train", "--set", "env_id=spo/Nope-v0", "--output-dir", "out"], "unknown environment 'spo/Nope-v0'"),
@@ -185,3 +185,10 @@ def test_the_real_process_exits_2_with_one_line(scratch):
     assert proc.stderr.strip() == "spo-agents train: error: invalid config: steps: Input should be greater than or " \
                                   "equal to 1 (got 0)"
     assert (scratch / "oldrun" / "config.yaml").read_text().startswith("# the config of an earlier run")
+
+
+def test_the_generation_api_key_is_never_printed(scratch, capsys, monkeypatch):
+    monkeypatch.setenv("SPO_AGENTS_API_KEY", "env-secret")
+    assert main(["train", "--print-config", "--set", "generation_api_key=config-secret"]) == 0
+    out = capsys.readouterr().out
+    assert "config-secret" not in out and "env-secret" not in out and "generation_api_key" not in out
