@@ -108,16 +108,20 @@ def check_device(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------- environments
-def check_env(env_id: str, env_kwargs: dict[str, Any], splits: tuple[str, ...] = ()) -> None:
-    """The environment can be made with `env_kwargs` (its default split) and has each of `splits`."""
+def check_env(env_id: str, env_kwargs: dict[str, Any], splits: tuple[str, ...] = ()) -> str:
+    """The environment can be made with `env_kwargs` (its default split) and has each of `splits`.
+
+    Returns the id to make it with (`resolve_env_id`: 'path/to/file.py:EnvId' becomes importable)."""
     import gymnasium
 
-    import spo_agents  # noqa: F401  (registers the environments)
+    from spo_agents.trainer.parts import SetupError, resolve_env_id
 
     try:
+        env_id = resolve_env_id(env_id)  # names the accepted forms when the id is unknown
+    except SetupError as exc:
+        raise UserError(str(exc)) from exc
+    try:
         env = gymnasium.make(env_id, **env_kwargs)
-    except gymnasium.error.Error as exc:
-        raise UserError(f"unknown environment {env_id!r}: {exc} (see `spo-agents envs`)") from exc
     except Exception as exc:  # the env's constructor rejected the keyword arguments the user gave
         raise UserError(f"environment {env_id} cannot be made with {env_kwargs}: {type(exc).__name__}: {exc}") from exc
     try:
@@ -128,6 +132,7 @@ def check_env(env_id: str, env_kwargs: dict[str, Any], splits: tuple[str, ...] =
                 raise UserError(f"environment {env_id} has no task split {split!r} (splits: {known})")
     finally:
         env.close()
+    return env_id
 
 
 # ---------------------------------------------------------------------------- files and folders
@@ -174,6 +179,13 @@ def check_run_config(config: Any, *, resume: bool) -> None:
         check_env(config.warm_start.env_id, config.warm_start.env_kwargs, ("train",))
     else:
         check_model_spec(config.model)
-    check_env(config.env_id, config.env_kwargs, ("train",) + ((config.eval.split,) if config.eval.enabled else ()))
+    env_id = check_env(config.env_id, config.env_kwargs, ("train",))
+    if config.eval.enabled:
+        from spo_agents.trainer.parts import SetupError, eval_task_ids
+
+        try:  # the trainer's own check, with its advice on eval.split
+            eval_task_ids(config.model_copy(update={"env_id": env_id}))
+        except SetupError as exc:
+            raise UserError(str(exc)) from exc
     if config.value_table:
         check_file(config.value_table, "value table (value_table)")

@@ -158,7 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(config, resume=args.resume, show_progress=not args.no_progress)
     except SetupError as exc:
-        raise SystemExit(f"spo-agents train: {exc}") from None
+        raise UserError(str(exc)) from exc
     summary = asyncio.run(trainer.run())
     plot_run(config.output_dir)
     print(json.dumps(summary))

@@ -42,21 +42,19 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr("spo_agents.trainer.loop.ensure_warm_start", refuse)
 
 
-def test_unregistered_env_id_fails_before_the_model_with_the_accepted_forms(tmp_path, no_model_load):
-    with pytest.raises(SystemExit) as exc:
-        _train(tmp_path, "env_id=mypkg/MyEnv-v0", "steps=1")
-    message = str(exc.value)
+def test_unregistered_env_id_fails_before_the_model_with_the_accepted_forms(tmp_path, no_model_load, capsys):
+    assert _train(tmp_path, "env_id=mypkg/MyEnv-v0", "steps=1") == 2  # a user error: one line, exit code 2
+    message = capsys.readouterr().err
     assert "'mypkg/MyEnv-v0' is not registered" in message and "module:EnvId" in message
     assert "path/to/file.py:EnvId" in message and "spo/Calculator-v0" in message
-    with pytest.raises(SystemExit, match="cannot import module 'mypkg'"):
-        _train(tmp_path, "env_id=mypkg:mypkg/MyEnv-v0", "steps=1")
+    assert _train(tmp_path, "env_id=mypkg:mypkg/MyEnv-v0", "steps=1") == 2
+    assert "cannot import module 'mypkg'" in capsys.readouterr().err
 
 
-def test_env_without_the_eval_split_fails_before_the_model(tmp_path, no_model_load):
+def test_env_without_the_eval_split_fails_before_the_model(tmp_path, no_model_load, capsys):
     (tmp_path / "train_only_env.py").write_text(ENV_MODULE.replace("{name}", "setup_test/TrainOnly-v0"))
-    with pytest.raises(SystemExit) as exc:
-        _train(tmp_path, f"env_id={tmp_path / 'train_only_env.py'}:setup_test/TrainOnly-v0", "steps=1")
-    message = str(exc.value)
+    assert _train(tmp_path, f"env_id={tmp_path / 'train_only_env.py'}:setup_test/TrainOnly-v0", "steps=1") == 2
+    message = capsys.readouterr().err
     assert "split 'heldout'" in message and "eval.split" in message and "eval.enabled=false" in message
 
 
