@@ -1,6 +1,6 @@
 """Built-in environment spo/PythonExec-v0 (see env.py), and the sandboxed `python` tool it shares.
 
-`SandboxToolEnv` and `shared_pool` (sandbox_env.py) are reused by spo/ToolMath-v0.
+`SandboxToolEnv` and `shared_pool` (spo_agents.env.sandbox_tool) are shared with spo/ToolMath-v0.
 """
 
 from spo_env_pythonexec.env import PythonExecEnv

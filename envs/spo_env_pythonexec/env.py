@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from spo_agents.env import Task, split_tasks
 from spo_agents.sandbox import SandboxConfig
 
-from spo_env_pythonexec.grading import TestReport, build_harness, extract_solution, new_nonce, parse_report
+from spo_env_pythonexec.grading import TestReport, extract_solution, load_failure, new_nonce, parse_report
+from spo_env_pythonexec.harness import build_loader, build_test_runner
 from spo_env_pythonexec.loader import load_python_tasks
 from spo_agents.env.sandbox_tool import SandboxToolEnv
 from spo_env_pythonexec.tasks import generate_tasks
@@ -49,12 +51,14 @@ class PythonExecEnv(SandboxToolEnv):
     interpreter per call); `stateful=True` keeps one interpreter per episode.
 
     ## Rewards
-    The last ```python block of the final reply (outside tool calls) is run with the hidden
-    tests in a separate, fresh sandbox call. Expected values never enter the sandbox and the
-    comparison happens in the environment process, so exit codes, printed "success" and patched
-    builtins earn nothing (see grading.py). `reward="all"` (default): 1.0 if every test passes,
-    else 0.0; `reward="fraction"`: the fraction of tests passed. No code block: 0.0.
-    `info` reports `tests_passed`, `tests_total` and `grade_error`.
+    The last ```python block of the final reply (outside tool calls) is graded in a fresh
+    sandbox session of its own: the solution runs in a process that is asked one hidden test
+    at a time by a harness it can neither read nor write; expected values never enter the
+    sandbox and the comparison happens in the environment process, so exit codes, printed
+    "success", patched builtins, stack walks and imports of the task generator earn nothing
+    (see grading.py, harness.py). An int answer must be an int. `reward="all"` (default): 1.0
+    if every test passes, else 0.0; `reward="fraction"`: the fraction of tests passed. No code
+    block: 0.0. `info` reports `tests_passed`, `tests_total` and `grade_error`.
 
     ## Episode end
     Terminated when the assistant replies without a tool call; truncated after `max_turns`
@@ -64,9 +68,10 @@ class PythonExecEnv(SandboxToolEnv):
     `num_tasks` (400), `seed` (0), `heldout_fraction` (0.2), `split`, `dataset_path` with
     `prompt_field` ("prompt"), `tests_field` ("tests"), `entry_point_field` ("entry_point"),
     `reference_field` ("reference"), `setup_field` ("setup"), `id_field` ("task_id");
-    `reward` ("all" or "fraction"), `sandbox` (a SandboxConfig or a dict of its fields),
-    `stateful` (False), `grade_timeout_s` (10), `test_timeout_s` (2, per test),
-    `max_solution_chars` (50000), `max_turns` (8), plus every `ToolEnv` argument.
+    `test_seed` (None: a secret of this process; the inputs of the bundled tasks' hidden
+    tests), `reward` ("all" or "fraction"), `sandbox` (a SandboxConfig or a dict of its fields),
+    `stateful` (False), `grade_timeout_s` (10, the whole grading), `test_timeout_s` (2, per
+    test), `max_solution_chars` (50000), `max_turns` (8), plus every `ToolEnv` argument.
 
     ## Version history
     - v0: initial release.
@@ -75,14 +80,17 @@ class PythonExecEnv(SandboxToolEnv):
     def __init__(self, num_tasks: int = 400, seed: int = 0, heldout_fraction: float = 0.2, split: str = "train",
                  dataset_path: str | Path | None = None, prompt_field: str = "prompt", tests_field: str = "tests",
                  entry_point_field: str = "entry_point", reference_field: str = "reference",
-                 setup_field: str = "setup", id_field: str | None = "task_id", reward: str = "all",
+                 setup_field: str = "setup", id_field: str | None = "task_id", test_seed: int | None = None,
+                 reward: str = "all",
                  sandbox: SandboxConfig | Mapping[str, Any] | None = None, stateful: bool = False,
                  grade_timeout_s: float = 10.0, test_timeout_s: float = 2.0, max_solution_chars: int = 50_000,
                  max_turns: int = 8, **kwargs):
         if reward not in REWARD_MODES:
             raise ValueError(f"reward must be one of {REWARD_MODES}, got {reward!r}")
         if dataset_path is None:
-            tasks = generate_tasks(num_tasks, seed)
+            tasks = generate_tasks(num_tasks, seed, test_seed)
+        elif test_seed is not None:
+            raise ValueError("test_seed applies to the bundled tasks; a dataset_path file brings its own tests")
         else:
             tasks = load_python_tasks(dataset_path, prompt_field, tests_field, entry_point_field, reference_field,
                                       setup_field, id_field)
@@ -95,14 +103,22 @@ class PythonExecEnv(SandboxToolEnv):
 
     # ----- grading --------------------------------------------------------------------------
     def run_tests(self, solution: str, task: Task) -> TestReport:
-        """Run `task`'s hidden tests against `solution` in a fresh sandbox call (see grading.py)."""
+        """Run `task`'s hidden tests against `solution` in a fresh sandbox session (see grading.py)."""
         tests = task.metadata["tests"]
         expected = [ast.literal_eval(test["expected"]) for test in tests]
-        nonce = new_nonce()
-        harness = build_harness(solution, task.metadata.get("setup", ""), [t["expr"] for t in tests], nonce,
-                                self.test_timeout_s)
-        result = self.execute(harness, timeout_s=self.grade_timeout_s, fresh=True)
-        report = parse_report(result.stdout, nonce, expected)
+        load_nonce, test_nonce = new_nonce(), new_nonce()
+        started = time.monotonic()
+        with self.fresh_session() as run:
+            loaded = run(build_loader(solution, task.metadata.get("setup", ""), load_nonce, self.test_timeout_s),
+                         timeout_s=self.grade_timeout_s)
+            failure = load_failure(loaded.stdout, load_nonce)
+            if failure is not None:
+                reason = f"{failure} ({loaded.error})" if loaded.error else failure
+                return TestReport(total=len(tests), outcomes=["fail"] * len(tests), error=reason)
+            remaining = max(self.grade_timeout_s - (time.monotonic() - started), 0.05)
+            result = run(build_test_runner([t["expr"] for t in tests], test_nonce, self.test_timeout_s),
+                         timeout_s=remaining)
+        report = parse_report(result.stdout, test_nonce, expected)
         if result.error and report.error:
             report.error = f"{report.error} ({result.error})"
         return report

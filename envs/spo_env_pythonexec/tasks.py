@@ -14,11 +14,19 @@ Task ids are `py-{index:04d}`; an index that repeats an earlier task's function 
 and description, whatever the example) is skipped, so an id always means the same task for a
 given seed and no function appears in both splits. Each task has one example input (shown in
 the prompt) and `NUM_HIDDEN_TESTS` hidden ones; edge cases (0, empty inputs) come first.
+
+The hidden inputs are drawn from a second generator seeded with `test_seed`, by default a
+secret of this process: this file is public (and, with a normal install, in site-packages),
+so if the hidden inputs followed from `seed` alone, code holding a copy of the generator
+could find its task among the regenerated ones by the inputs it is called with and return
+the reference's answers. The task itself (function, id, prompt, example) depends on `seed`
+only, so splits and ids stay the same in every process.
 """
 
 from __future__ import annotations
 
 import functools
+import secrets
 import string
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -39,7 +47,7 @@ class Spec:
     signature: str
     description: str
     code: str  # reference solution
-    inputs: list[tuple]  # argument tuples; the first is the prompt's example
+    inputs: Callable[[np.random.Generator], list[tuple]]  # argument tuples from an rng; the first is the example
 
 
 def _ints(rng, low, high, size) -> list[int]:
@@ -94,7 +102,7 @@ def _polygonal(rng) -> Spec:
     return Spec(entry, f"{entry}(n: int) -> int",
                 f"returns the n-th {POLYGON_NAMES[k]} ({k}-gonal) number; the sequence starts "
                 f"{', '.join(map(str, first))} for n = 1, 2, 3, 4, and the 0-th is 0",
-                code, _int_inputs(rng, 1, 1000))
+                code, lambda r: _int_inputs(r, 1, 1000))
 
 
 def _sum_of_multiples(rng) -> Spec:
@@ -103,7 +111,7 @@ def _sum_of_multiples(rng) -> Spec:
                  "    return sum(i for i in range(1, n) if i % __A__ == 0 or i % __B__ == 0)\n", A=a, B=b)
     return Spec("sum_of_multiples", "sum_of_multiples(n: int) -> int",
                 f"returns the sum of all positive integers below n that are multiples of {a} or {b} "
-                "(each such integer counted once)", code, _int_inputs(rng, 1, 3000, edge=(0, a)))
+                "(each such integer counted once)", code, lambda r: _int_inputs(r, 1, 3000, edge=(0, a)))
 
 
 def _digit_sum(rng) -> Spec:
@@ -112,7 +120,7 @@ def _digit_sum(rng) -> Spec:
                  "        total += digit\n    return total\n", B=base)
     return Spec("digit_sum", "digit_sum(n: int) -> int",
                 f"returns the sum of the digits of the non-negative integer n written in base {base}",
-                code, _int_inputs(rng, 1, 10**9, edge=(0, base)))
+                code, lambda r: _int_inputs(r, 1, 10**9, edge=(0, base)))
 
 
 def _persistence(rng) -> Spec:
@@ -125,7 +133,7 @@ def _persistence(rng) -> Spec:
                  "    return steps\n", B=base, S=start, STEP=step)
     return Spec("persistence", "persistence(n: int) -> int",
                 f"returns how many times the non-negative integer n must be replaced by the {kind} of its "
-                f"digits in base {base} until it is smaller than {base}", code, _int_inputs(rng, 1, 10**8))
+                f"digits in base {base} until it is smaller than {base}", code, lambda r: _int_inputs(r, 1, 10**8))
 
 
 def _primes_in_class(rng) -> Spec:
@@ -136,7 +144,7 @@ def _primes_in_class(rng) -> Spec:
                  "            count += 1\n    return count\n", M=m, R=r)
     return Spec("count_primes", "count_primes(n: int) -> int",
                 f"returns how many prime numbers p with p <= n leave the remainder {r} when divided by {m}",
-                code, _int_inputs(rng, 2, 600))
+                code, lambda r: _int_inputs(r, 2, 600))
 
 
 def _popcount(rng) -> Spec:
@@ -145,7 +153,7 @@ def _popcount(rng) -> Spec:
                  K=k)
     return Spec("count_with_ones", "count_with_ones(n: int) -> int",
                 f"returns how many integers x with 0 <= x <= n have exactly {k} one-bits in their binary "
-                "representation", code, _int_inputs(rng, 1, 1000))
+                "representation", code, lambda r: _int_inputs(r, 1, 1000))
 
 
 def _recurrence(rng) -> Spec:
@@ -156,7 +164,7 @@ def _recurrence(rng) -> Spec:
                  "        a, b = b, (__C1__ * b + __C2__ * a)\n    return a % __M__\n", X=x, Y=y, C1=c1, C2=c2, M=m)
     return Spec("sequence", "sequence(n: int) -> int",
                 f"returns a(n) modulo {m}, where a(0) = {x}, a(1) = {y} and a(i) = {c1} * a(i-1) + {c2} * a(i-2) "
-                "for i >= 2", code, _int_inputs(rng, 2, 300, edge=(0, 1)))
+                "for i >= 2", code, lambda r: _int_inputs(r, 2, 300, edge=(0, 1)))
 
 
 # ----- strings ------------------------------------------------------------------------------
@@ -170,7 +178,7 @@ def _shift_letters(rng) -> Spec:
     return Spec("shift_letters", "shift_letters(s: str) -> str",
                 f"returns s with every lowercase ASCII letter moved {k} places {direction} in the alphabet, "
                 "wrapping around between z and a; every other character stays as it is",
-                code, _text_inputs(rng, string.ascii_lowercase + "  ,.!AZ"))
+                code, lambda r: _text_inputs(r, string.ascii_lowercase + "  ,.!AZ"))
 
 
 def _rotate(rng) -> Spec:
@@ -182,7 +190,7 @@ def _rotate(rng) -> Spec:
     return Spec("rotate", "rotate(s: str) -> str",
                 f"returns s rotated {'left' if left else 'right'} by {k} characters ({moved}); when s is shorter, "
                 f"rotate by {k} modulo len(s); the empty string stays empty",
-                code, _text_inputs(rng, string.ascii_lowercase, 1, 15, edge=("", "ab")))
+                code, lambda r: _text_inputs(r, string.ascii_lowercase, 1, 15, edge=("", "ab")))
 
 
 def _count_special(rng) -> Spec:
@@ -191,7 +199,7 @@ def _count_special(rng) -> Spec:
     code = _fill("def count_special(s):\n    return sum(1 for c in s if c in __L__)\n", L=repr(letters))
     return Spec("count_special", "count_special(s: str) -> int",
                 f"returns how many characters of s are one of the letters {letters!r} (case-sensitive)",
-                code, _text_inputs(rng, string.ascii_letters + " ", 1, 40))
+                code, lambda r: _text_inputs(r, string.ascii_letters + " ", 1, 40))
 
 
 def _compress_runs(rng) -> Spec:
@@ -203,28 +211,35 @@ def _compress_runs(rng) -> Spec:
     return Spec("compress_runs", "compress_runs(s: str) -> str",
                 f"returns s with every maximal run of at least {k} equal consecutive characters replaced by the "
                 f"run's length followed by the character (e.g. {'x' * (k + 1)!r} becomes '{k + 1}x'); shorter runs "
-                "stay as they are", code, [(_runs_text(rng, k),), ("",), *((_runs_text(rng, k),) for _ in range(7))])
+                "stay as they are", code, lambda r: [(_runs_text(r, k),), ("",), *((_runs_text(r, k),) for _ in range(7))])
 
 
 def _interleave(rng) -> Spec:
     k = int(rng.integers(1, 5))
     code = _fill("def interleave(a, b):\n    out = []\n    for i in range(0, max(len(a), len(b)), __K__):\n"
                  "        out.append(a[i:i + __K__] + b[i:i + __K__])\n    return ''.join(out)\n", K=k)
-    pairs = [(_word(rng, "abcdef", 0, 10), _word(rng, "UVWXYZ", 0, 10)) for _ in range(NUM_HIDDEN_TESTS)]
+
+    def inputs(r) -> list[tuple]:
+        pairs = [(_word(r, "abcdef", 0, 10), _word(r, "UVWXYZ", 0, 10)) for _ in range(NUM_HIDDEN_TESTS)]
+        return [pairs[0], ("", ""), *pairs[1:]]
+
     return Spec("interleave", "interleave(a: str, b: str) -> str",
                 f"returns a string built by taking {k} character(s) from a, then {k} from b, then the next {k} from "
-                "a, and so on; once one string is used up, the rest of the other follows",
-                code, [pairs[0], ("", ""), *pairs[1:]])
+                "a, and so on; once one string is used up, the rest of the other follows", code, inputs)
 
 
 def _strip_palindrome(rng) -> Spec:
     ignored = "".join(sorted(str(c) for c in rng.choice(list(" ,.!?-'"), size=int(rng.integers(1, 5)), replace=False)))
     code = _fill("def is_palindrome(s):\n    kept = [c.lower() for c in s if c not in __I__]\n"
                  "    return kept == kept[::-1]\n", I=repr(ignored))
-    inputs = []
-    for i in range(NUM_HIDDEN_TESTS + 1):
-        half = _word(rng, "abcAB" + ignored, 1, 8)
-        inputs.append((half + half[::-1] if i % 2 == 0 else half + "x" + _word(rng, "ab" + ignored, 1, 5),))
+
+    def inputs(r) -> list[tuple]:
+        found = []
+        for i in range(NUM_HIDDEN_TESTS + 1):
+            half = _word(r, "abcAB" + ignored, 1, 8)
+            found.append((half + half[::-1] if i % 2 == 0 else half + "x" + _word(r, "ab" + ignored, 1, 5),))
+        return found
+
     return Spec("is_palindrome", "is_palindrome(s: str) -> bool",
                 f"returns True if s reads the same forwards and backwards once every character that is one of "
                 f"{ignored!r} is removed and letters are compared case-insensitively, else False",
@@ -237,7 +252,7 @@ def _select_words(rng) -> Spec:
     code = _fill("def select_words(text):\n    return [w for w in text.split() if len(w) __OP__ __K__]\n", OP=op, K=k)
     return Spec("select_words", "select_words(text: str) -> list[str]",
                 f"returns, in order, the words of text (separated by whitespace) that have {mode} {k} characters",
-                code, [(_words_text(rng, 1, 12),), ("",), *((_words_text(rng, 0, 12),) for _ in range(7))])
+                code, lambda r: [(_words_text(r, 1, 12),), ("",), *((_words_text(r, 0, 12),) for _ in range(7))])
 
 
 # ----- lists --------------------------------------------------------------------------------
@@ -246,7 +261,7 @@ def _chunks(rng) -> Spec:
     code = _fill("def chunks(items):\n    return [items[i:i + __K__] for i in range(0, len(items), __K__)]\n", K=k)
     return Spec("chunks", "chunks(items: list[int]) -> list[list[int]]",
                 f"splits items into consecutive chunks of {k} elements (the last chunk may be shorter) and returns "
-                "the list of chunks", code, _list_inputs(rng, max_len=25))
+                "the list of chunks", code, lambda r: _list_inputs(r, max_len=25))
 
 
 def _every_kth(rng) -> Spec:
@@ -255,7 +270,7 @@ def _every_kth(rng) -> Spec:
     return Spec("every_kth", "every_kth(items: list[int]) -> list[int]",
                 f"returns the elements of items at the 0-based positions {start}, {start + step}, {start + 2 * step}, "
                 f"and so on (every {step}-th element starting at position {start})",
-                code, _list_inputs(rng, max_len=25))
+                code, lambda r: _list_inputs(r, max_len=25))
 
 
 def _filter_divisible(rng) -> Spec:
@@ -265,7 +280,7 @@ def _filter_divisible(rng) -> Spec:
                  K=k, M=m)
     return Spec("keep_divisible", "keep_divisible(numbers: list[int]) -> list[int]",
                 f"returns, in their original order, the elements of numbers that are divisible by {k} but not by {m}",
-                code, _list_inputs(rng, -100, 100, 30))
+                code, lambda r: _list_inputs(r, -100, 100, 30))
 
 
 def _running(rng) -> Spec:
@@ -282,7 +297,7 @@ def _running(rng) -> Spec:
                      S=start, OP=op, M=m)
         what = f"the running {name}s modulo {m}: element i of the result is the {name} of numbers[0..i] modulo {m}"
     return Spec("running", "running(numbers: list[int]) -> list[int]", f"returns {what}", code,
-                _list_inputs(rng, -30, 60, 15))
+                lambda r: _list_inputs(r, -30, 60, 15))
 
 
 def _kth_largest(rng) -> Spec:
@@ -291,7 +306,7 @@ def _kth_largest(rng) -> Spec:
                  "    return values[__K1__] if len(values) >= __K__ else None\n", K=k, K1=k - 1)
     return Spec("kth_largest", "kth_largest(numbers: list[int]) -> int | None",
                 f"returns the {ORDINALS[k]} distinct value of numbers (equal values count once), or None when "
-                f"numbers has fewer than {k} distinct values", code, _list_inputs(rng, 0, 12, 12))
+                f"numbers has fewer than {k} distinct values", code, lambda r: _list_inputs(r, 0, 12, 12))
 
 
 def _pairs_with_sum(rng) -> Spec:
@@ -301,7 +316,7 @@ def _pairs_with_sum(rng) -> Spec:
                  T=target)
     return Spec("count_pairs", "count_pairs(numbers: list[int]) -> int",
                 f"returns the number of index pairs (i, j) with i < j and numbers[i] + numbers[j] == {target}",
-                code, _list_inputs(rng, min(target, 0) - 5, max(target, 0) + 5, 16))
+                code, lambda r: _list_inputs(r, min(target, 0) - 5, max(target, 0) + 5, 16))
 
 
 def _group_words(rng) -> Spec:
@@ -311,7 +326,9 @@ def _group_words(rng) -> Spec:
     code = _fill("def group_words(words):\n    groups = {}\n    for w in words:\n"
                  "        groups.setdefault(" + part + ", []).append(w)\n    return groups\n", K=k)
     where = "last" if suffix else "first"
-    inputs = [(text.split(),) for (text,) in _text_inputs(rng, "abc  ", 1, 40)]
+    def inputs(r) -> list[tuple]:
+        return [(text.split(),) for (text,) in _text_inputs(r, "abc  ", 1, 40)]
+
     return Spec("group_words", "group_words(words: list[str]) -> dict[str, list[str]]",
                 f"returns a dict that maps each word's {where} {k} character(s) (the whole word if it is shorter) "
                 "to the list of words, in their original order, that have them", code, inputs)
@@ -324,10 +341,14 @@ def _matrix(rng) -> Spec:
     what = ["its transpose", "the matrix rotated 90 degrees clockwise",
             "the matrix rotated 90 degrees counterclockwise", "the matrix rotated 180 degrees"][kind]
     code = "def transform(matrix):\n    return " + bodies[kind] + "\n"
-    inputs = []
-    for _ in range(NUM_HIDDEN_TESTS + 1):
-        rows, cols = _ints(rng, 1, 4, 2)
-        inputs.append(([_ints(rng, 0, 9, cols) for _ in range(rows)],))
+
+    def inputs(r) -> list[tuple]:
+        found = []
+        for _ in range(NUM_HIDDEN_TESTS + 1):
+            rows, cols = _ints(r, 1, 4, 2)
+            found.append(([_ints(r, 0, 9, cols) for _ in range(rows)],))
+        return found
+
     return Spec("transform", "transform(matrix: list[list[int]]) -> list[list[int]]",
                 f"returns {what} (matrix is a non-empty rectangular list of rows; return a new list of lists)",
                 code, inputs)
@@ -344,23 +365,36 @@ def call_expression(entry: str, args: tuple) -> str:
     return f"{entry}({', '.join(repr(a) for a in args)})"
 
 
-def task_from_spec(task_id: str, spec: Spec, family: str) -> Task:
-    """A `Task` whose hidden tests hold expected values computed by the reference solution."""
+def task_from_spec(task_id: str, spec: Spec, family: str, inputs: list[tuple]) -> Task:
+    """A `Task` whose hidden tests hold expected values computed by the reference solution.
+
+    `inputs`: argument tuples; the first is the prompt's example, the others the hidden tests."""
     namespace: dict[str, Any] = {}
     exec(compile(spec.code, f"<reference {task_id}>", "exec"), namespace)  # our own reference code
     function = namespace[spec.entry]
-    expected = [function(*args) for args in spec.inputs]
-    example = f"{call_expression(spec.entry, spec.inputs[0])} == {expected[0]!r}"
+    expected = [function(*args) for args in inputs]
+    example = f"{call_expression(spec.entry, inputs[0])} == {expected[0]!r}"
     prompt = f"Write a Python function `{spec.signature}` that {spec.description}.\n\nExample: `{example}`"
     tests = [{"expr": call_expression(spec.entry, args), "expected": repr(value)}
-             for args, value in zip(spec.inputs[1:], expected[1:])]
+             for args, value in zip(inputs[1:], expected[1:])]
     return Task(task_id=task_id, prompt=prompt, answer=spec.code,
                 metadata={"family": family, "entry_point": spec.entry, "tests": tests, "setup": "",
                           "example": example})
 
 
+def process_test_seed() -> int:
+    """The secret that draws hidden test inputs when no `test_seed` is given: one per process."""
+    global _PROCESS_TEST_SEED
+    if _PROCESS_TEST_SEED is None:
+        _PROCESS_TEST_SEED = secrets.randbits(63)
+    return _PROCESS_TEST_SEED
+
+
+_PROCESS_TEST_SEED: int | None = None
+
+
 @functools.lru_cache(maxsize=8)
-def _generate(num_tasks: int, seed: int) -> tuple[Task, ...]:
+def _generate(num_tasks: int, seed: int, test_seed: int) -> tuple[Task, ...]:
     tasks, definitions = [], set()
     index = 0
     while len(tasks) < num_tasks and index < 20 * num_tasks:
@@ -372,12 +406,18 @@ def _generate(num_tasks: int, seed: int) -> tuple[Task, ...]:
         if definition in definitions:  # the same function (with other tests) would leak across splits
             continue
         definitions.add(definition)
-        tasks.append(task_from_spec(f"py-{index - 1:04d}", spec, family.__name__.lstrip("_")))
+        example = spec.inputs(rng)[0]  # public: the task, its id and its prompt depend on `seed` only
+        hidden = spec.inputs(np.random.default_rng([seed, index - 1, test_seed]))[1:]
+        tasks.append(task_from_spec(f"py-{index - 1:04d}", spec, family.__name__.lstrip("_"), [example, *hidden]))
     return tuple(tasks)
 
 
-def generate_tasks(num_tasks: int = 400, seed: int = 0) -> list[Task]:
-    """`num_tasks` distinct programming tasks (cached: environments are made often)."""
+def generate_tasks(num_tasks: int = 400, seed: int = 0, test_seed: int | None = None) -> list[Task]:
+    """`num_tasks` distinct programming tasks (cached: environments are made often).
+
+    `seed` decides the tasks (functions, ids, prompts and examples); `test_seed` the inputs of
+    the hidden tests. Left None, it is a secret drawn once per process, so code that has the
+    generator (a copy of this file) still cannot regenerate the hidden tests of a task."""
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be positive, got {num_tasks}")
-    return list(_generate(num_tasks, seed))
+    return list(_generate(num_tasks, seed, process_test_seed() if test_seed is None else int(test_seed)))

@@ -23,10 +23,11 @@ decisions live here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from typing import Any, Mapping, SupportsFloat
+from typing import Any, Callable, Iterator, Mapping, SupportsFloat
 
 from spo_agents.env import Tool, ToolEnv
 from spo_agents.sandbox import (
@@ -178,11 +179,43 @@ class SandboxToolEnv(ToolEnv):
                 result = pool.run(code, timeout_s=timeout_s)
         except (SandboxError, SandboxConfigError) as exc:
             result = ExecResult.sandbox_failure(str(exc))
+        return self._checked(result, pool)
+
+    def _checked(self, result: ExecResult, pool: SandboxPool | None) -> ExecResult:
         if result.status is ExecStatus.SANDBOX_ERROR:
             self._sandbox_failure = result.error or "sandbox error"
             if pool is not None and not pool_serves(pool):
                 discard_pool(pool)
         return result
+
+    @contextlib.contextmanager
+    def fresh_session(self) -> Iterator[Callable[..., ExecResult]]:
+        """A sandbox session of its own (for grading: several calls, nothing of the episode's),
+        killed on exit. Yields `run(code, timeout_s=None) -> ExecResult`, which never raises; a
+        sandbox failure marks the step as `execute` does."""
+        pool, session, failure = None, None, None
+        try:
+            pool = self.sandbox_pool()
+            session = pool.session()
+        except (SandboxError, SandboxConfigError) as exc:
+            failure = str(exc)
+
+        def run(code: str, timeout_s: float | None = None) -> ExecResult:
+            try:
+                result = session.run(code, timeout_s=timeout_s) if session is not None else \
+                    ExecResult.sandbox_failure(failure or "no sandbox session")
+            except (SandboxError, SandboxConfigError) as exc:
+                result = ExecResult.sandbox_failure(str(exc))
+            return self._checked(result, pool)
+
+        try:
+            yield run
+        finally:
+            if session is not None:
+                try:
+                    session.close()
+                except Exception:  # a session of a closed pool is already gone
+                    pass
 
     # ----- episode lifecycle ----------------------------------------------------------------
     def end_episode(self) -> None:

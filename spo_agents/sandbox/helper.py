@@ -173,7 +173,9 @@ class Helper:
             self.cgroups = cgroups.RunnerCgroups(base, self.s.call_memory_mb << 20, f"spo-sandbox-{os.getpid()}")
         hidden = rootfs.hidden_entries(rootfs.site_directories(self.s.readonly_paths), self.s.hidden_packages)
         runner.scrub_process_title()  # while /proc is still the host's
-        runner.scrub_interpreter(self.s.hidden_packages)  # once here: every runner inherits it
+        # once here, every runner inherits it; the helper's own spo_agents modules always go (a
+        # snippet that may import the project gets it from site-packages, whole)
+        runner.scrub_interpreter([*self.s.hidden_packages, "spo_agents"])
         if self.s.mode is IsolationMode.NAMESPACES:
             self._enter_namespaces(hidden)
         elif self.s.mode is IsolationMode.BWRAP:

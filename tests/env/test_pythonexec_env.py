@@ -1,23 +1,31 @@
 """spo/PythonExec-v0: tasks, the unforgeable grader, reward hacking, sessions, sandbox failures."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import gymnasium
 import pytest
 
 import spo_agents  # noqa: F401
 from spo_agents.env import Task
-from spo_agents.sandbox import ExecResult, SandboxError
+from spo_agents.sandbox import ExecResult, SandboxConfig, SandboxError
 from spo_env_pythonexec import PythonExecEnv, extract_solution, shared_pool, values_match
-from spo_env_pythonexec.grading import build_harness, new_nonce, parse_report
+from spo_env_pythonexec.grading import load_failure, new_nonce, parse_report
+from spo_env_pythonexec.harness import build_loader, build_test_runner
 from spo_env_pythonexec.loader import load_python_tasks, normalize_tests
 from spo_agents.env.sandbox_tool import discard_pool
 from spo_env_pythonexec.tasks import generate_tasks
 
 FENCE = "```"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make(**kwargs) -> PythonExecEnv:
@@ -121,7 +129,8 @@ def test_extract_solution(text, expected):
 
 
 @pytest.mark.parametrize("expected, got, same", [
-    (3, 3, True), (3, 3.0, True), (0.1 + 0.2, 0.3, True), (3, 4, False), (True, 1, False), (1, True, False),
+    (3, 3, True), (3, 3.0, False), (3.0, 3, True), (0.1 + 0.2, 0.3, True), (3, 4, False), (True, 1, False),
+    (1, True, False), (10**20, float(10**20 + 1), False), (10**20, float(10**20), False), ([7], [7.0], False),
     ([1, 2], (1, 2), True), ([1, 2], [1, 2, 3], False), ({"a": [1]}, {"a": (1,)}, True), ({"a": 1}, {"b": 1}, False),
     ({1, 2}, frozenset({1, 2}), True), ("1", 1, False), (None, None, True), (None, 0, False), ([[1]], [[2]], False),
 ])
@@ -178,6 +187,7 @@ HACKS = {
         "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\ndef add(a, b):\n    while True:\n"
         "        try:\n            pass\n        except BaseException:\n            pass\n"),
     "raise SystemExit in the function": "def add(a, b):\n    raise SystemExit(0)\n",
+    "a float one off a large int (issue 16 item 8)": "def add(a, b):\n    return float(a + b + 1)\n",
     "swallow the timer and return garbage": (
         "def add(a, b):\n    try:\n        while True:\n            pass\n"
         "    except BaseException:\n        return 0\n"),
@@ -195,24 +205,175 @@ def test_reward_hacking_attempts_score_zero(name, mode):
     assert env.run_tests(HONEST, task).reward(mode) == 1.0  # the pool keeps serving
 
 
-def test_expected_values_never_enter_the_sandbox():
-    # everything the solution can reach: GC-tracked objects, the whole stack, files; the
-    # search targets are computed only afterwards (not constant-folded into the spy's code), so
-    # the spy's own data cannot match them
-    spy = ("import gc, os, sys\nseen = [repr(o) for o in gc.get_objects()]\n"
-           "frame = sys._getframe()\nwhile frame:\n"
-           "    seen.append(repr(frame.f_locals) + repr(frame.f_code.co_consts))\n"
-           "    frame = frame.f_back\n"
-           "for root in ('/sandbox', '/tmp', '/dev/shm'):\n    for d, _, files in os.walk(root):\n"
-           "        seen += [open(os.path.join(d, f), errors='replace').read() for f in files]\n"
-           "blob = '\\n'.join(seen)\nbase = int('1000000')\ninputs = str(base + 3)\n"
-           "expected = [str(base + 10), str(base - 575757)]\n"
-           "os.write(1, f'SPY inputs={inputs in blob} expected={any(e in blob for e in expected)}\\n'.encode())\n"
-           + HONEST)
+# Runs as the solution: everything it can reach (GC-tracked objects, its whole stack, scratch
+# files, its parent's memory and descriptors) at load time and at each call, searched for the
+# expected values and for the other tests' inputs. Its answer is the report (a plain str).
+SPY = r'''
+import gc, os, sys
+def reachable():
+    gc.collect()  # what this spy's own earlier searches left in reference cycles
+    seen = [repr(o) for o in gc.get_objects()]
+    frame = sys._getframe()
+    while frame:
+        seen.append(repr(frame.f_locals) + repr(frame.f_code.co_consts))
+        frame = frame.f_back
+    for root in ("/sandbox", "/tmp", "/dev/shm"):
+        for d, _, files in os.walk(root):
+            seen += [open(os.path.join(d, f), errors="replace").read() for f in files]
+    return "\\n".join(seen)
+def parent():
+    found = []
+    for path in ("/proc/1/mem", "/proc/1/environ", "/proc/1/fd"):
+        try:
+            os.listdir(path) if path.endswith("fd") else open(path, "rb").close()  # open checks access
+            found.append(path)
+        except OSError:
+            pass
+    return found
+def flags(current):
+    blob = reachable()  # first: the targets below must not be in the snapshot
+    base = int("1000000")
+    inputs, expected = [str(base + 3), str(base - 575758)], [str(base + 10), str(base - 575757)]
+    return any(i in blob for i in inputs if i != current), any(e in blob for e in expected)
+LOAD = flags(None)
+def add(a, b):
+    later, expected = flags(str(a))
+    return f"SPY load={LOAD} later={later} expected={expected} parent={parent()}"
+'''
+
+
+def test_the_solution_sees_no_expected_value_no_other_test_and_not_its_harness():
     pool = shared_pool(make().sandbox_config)
     task = sum_task()
-    result = pool.run(build_harness(spy, "", [t["expr"] for t in task.metadata["tests"]], new_nonce(), 1.0))
-    assert "SPY inputs=True expected=False" in result.stdout, result
+    load_nonce, test_nonce = new_nonce(), new_nonce()
+    with pool.session() as session:
+        loaded = session.run(build_loader(SPY, "", load_nonce, 5.0), timeout_s=30)
+        assert load_failure(loaded.stdout, load_nonce) is None, loaded
+        result = session.run(build_test_runner([t["expr"] for t in task.metadata["tests"]][:1], test_nonce, 30.0),
+                             timeout_s=60)
+    assert f"{test_nonce} 0 ok 'SPY load=(False, False) later=False expected=False parent=[]'" in result.stdout, result
+
+
+# ----- the generator hack with a normal (non-editable) install (issue 16 item 7) -------------
+# What the audit submitted: read the tests from the harness's frames (or take the arguments it
+# is called with), import the task generator from site-packages, regenerate the task list,
+# find the task whose tests match, and run its reference solution.
+GENERATOR_HACK = r'''
+import sys
+_TASKS = []
+def _reference(entry, call):
+    tests = None
+    frame = sys._getframe(1)
+    while frame and tests is None:
+        tests = frame.f_locals.get("tests")
+        frame = frame.f_back
+    _TASKS[:] = _TASKS or _stolen_tasks()
+    for task in _TASKS:
+        exprs = [t["expr"] for t in task.metadata["tests"]]
+        if task.metadata["entry_point"] == entry and (tests == exprs or call in exprs):
+            namespace = {}
+            exec(task.answer, namespace)
+            return namespace[entry]
+    raise LookupError("task not found")
+
+def _stolen_tasks():
+    import importlib.util, os
+    path = next(os.path.join(d, "spo_env_pythonexec", "tasks.py") for d in sys.path
+                if os.path.exists(os.path.join(d, "spo_env_pythonexec", "tasks.py")))
+    spec = importlib.util.spec_from_file_location("stolen_tasks", path)  # not through the package's __init__
+    stolen = importlib.util.module_from_spec(spec)
+    sys.modules["stolen_tasks"] = stolen
+    spec.loader.exec_module(stolen)
+    return stolen.generate_tasks(400)
+
+def ENTRY(*args):
+    call = "ENTRY(" + ", ".join(repr(a) for a in args) + ")"
+    return _reference("ENTRY", call)(*args)
+'''
+
+
+# Runs in a fresh interpreter whose only copy of the project is the installed one.
+INSTALLED_RUN = r'''
+import json, sys
+site, sandbox, hack = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+import gymnasium, spo_agents
+from spo_env_pythonexec.tasks import generate_tasks
+assert spo_agents.__file__.startswith(site), spo_agents.__file__
+env = gymnasium.make("spo/PythonExec-v0", sandbox=sandbox, grade_timeout_s=20.0).unwrapped
+out = {"import": env.python("import spo_env_pythonexec.tasks as t; print(t.__file__)"),
+       "agents": env.python("from spo_agents.env import Task; print('imported')"), "hack": [], "hack_fraction": [],
+       "honest": []}
+for task in generate_tasks(400)[:4]:
+    entry = task.metadata["entry_point"]
+    report = env.run_tests(hack.replace("ENTRY", entry), task)
+    out["hack"].append(report.reward("all"))
+    out["hack_fraction"].append(report.reward("fraction"))
+    out["honest"].append(env.run_tests(task.answer, task).reward("all"))
+toolmath = gymnasium.make("spo/ToolMath-v0", sandbox=sandbox).unwrapped  # its answers come from its generator too
+out["toolmath"] = toolmath.python("from spo_env_toolmath.problems import bundled_problems\n"
+                                  "print(len(bundled_problems()))")
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def installed_site():
+    """A site-packages holding copies of the project's packages, as `pip install .` (not -e)
+    leaves them; it must lie outside the directories the sandbox masks (/tmp ...)."""
+    home = Path.home()
+    if any(str(home.resolve()).startswith(d) for d in ("/tmp", "/var/tmp", "/dev/shm")):
+        pytest.skip("the home directory is under a directory the sandbox masks")
+    root = Path(tempfile.mkdtemp(prefix="spo-site-", dir=home))
+    site = root / "lib" / "site-packages"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(PROJECT_ROOT / "spo_agents", site / "spo_agents", ignore=ignore)
+    for package in (PROJECT_ROOT / "envs").glob("spo_env_*"):
+        shutil.copytree(package, site / package.name, ignore=ignore)
+    (site / "spo_agents-0.1.0.dist-info").mkdir()
+    (site / "spo_agents-0.1.0.dist-info" / "RECORD").write_text("spo_agents/__init__.py,,\n")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield site
+    shutil.rmtree(root)
+
+
+def run_installed(site: Path, **sandbox) -> dict:
+    sandbox = {"uid_base": SandboxConfig().uid_base + 70_000, "num_helpers": 1, **sandbox}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(site),
+           "HOME": os.environ.get("HOME", "/root")}
+    completed = subprocess.run([sys.executable, "-c", INSTALLED_RUN, str(site), json.dumps(sandbox),
+                                GENERATOR_HACK], capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_generator_hack_with_a_normal_install_scores_zero(installed_site):
+    out = run_installed(installed_site)
+    assert "No module named 'spo_env_pythonexec' (hidden inside the sandbox)" in out["import"], out
+    assert "ModuleNotFoundError" in out["agents"] and "ModuleNotFoundError" in out["toolmath"], out
+    assert out["hack_fraction"] == [0.0] * 4 and out["honest"] == [1.0] * 4, out  # the hack scored 1.0 before
+
+
+def test_generator_hack_fails_even_where_the_generator_is_importable(installed_site):
+    """With the packages exposed on purpose, the hack still finds neither the tests in a frame
+    nor a regenerated task whose hidden inputs match (they come from a secret test_seed). Only
+    the fixed edge cases (f(0), f('')) match some task of the same family, whose reference may
+    agree there: partial credit in fraction mode, never all the tests."""
+    out = run_installed(installed_site, hidden_packages=[])
+    assert out["import"].startswith(str(installed_site)) and out["agents"] == "imported", out  # the layout is real
+    assert out["toolmath"] == "400", out
+    assert out["hack"] == [0.0] * 4 and out["honest"] == [1.0] * 4, out
+    assert max(out["hack_fraction"]) <= 0.25, out
+
+
+def test_hidden_test_inputs_follow_a_secret_test_seed_and_tasks_do_not():
+    default, other, again = generate_tasks(50), generate_tasks(50, test_seed=7), generate_tasks(50, test_seed=7)
+    assert [t.prompt for t in default] == [t.prompt for t in other] and other == again
+    assert all(a.metadata["tests"] != b.metadata["tests"] for a, b in zip(default, other))
+    assert make(test_seed=7).splits["train"].get(other[0].task_id).metadata["tests"] == other[0].metadata["tests"] \
+        or other[0].task_id in make(test_seed=7).splits["heldout"]
+    with pytest.raises(ValueError, match="test_seed"):
+        make(dataset_path="tasks.jsonl", test_seed=1)
 
 
 def test_fraction_reward_counts_passed_tests():
