@@ -33,6 +33,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import threading
 from decimal import Context, Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -49,6 +50,10 @@ _LIMIT = 10**MAX_RESULT_DIGITS
 WORK_BUDGET = 20_000
 MAX_FACTORIAL_ARG = 100_000  # far above the digit bound (3,249! has 10,000 digits); a cheap first cut
 _LN2 = math.log(2)
+# CPython 3.11 keeps the AST converter's recursion counter per interpreter, not per thread:
+# concurrent ast.parse calls (rollout threads) can fail with SystemError "AST constructor
+# recursion depth mismatch". Parsing is serialised (microseconds for these short inputs).
+_PARSE_LOCK = threading.Lock()
 
 Number = int | Fraction | float
 
@@ -439,10 +444,11 @@ def _lower_call(node: ast.Call, source: str) -> tuple:
 def _compile(expression: str) -> tuple:
     """Parse, check and lower an expression; cached because tools see repeats."""
     try:
-        tree = ast.parse(expression, mode="eval")
+        with _PARSE_LOCK:
+            tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
         raise CalculatorError(f"syntax error: {exc.msg}") from None
-    except (ValueError, RecursionError, MemoryError, OverflowError):
+    except (ValueError, RecursionError, MemoryError, OverflowError, SystemError):
         raise CalculatorError("could not parse the expression") from None
     _check_shape(tree)
     return _lower(tree.body, expression)

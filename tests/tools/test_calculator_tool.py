@@ -276,3 +276,24 @@ def test_throughput_on_typical_expressions():
         count += len(expressions)
     rate = count / (time.perf_counter() - start)
     assert rate > 5_000, f"{rate:.0f} evaluations/s"
+
+
+def test_parser_system_error_is_a_calculator_error(monkeypatch):
+    """CPython 3.11's ast.parse can raise SystemError under concurrent deep parsing (seen in
+    test_hostile_inputs_from_threads); it must reach the model as a CalculatorError."""
+    import ast
+    import types
+
+    from spo_agents.tools import calculator as calculator_module
+
+    def broken_parse(*args, **kwargs):
+        raise SystemError("AST constructor recursion depth mismatch (before=24, after=-170)")
+
+    # only the calculator's view of `ast` is broken (pytest itself parses with ast)
+    monkeypatch.setattr(calculator_module, "ast", types.SimpleNamespace(**{**vars(ast), "parse": broken_parse}))
+    calculator_module._compile.cache_clear()
+    try:
+        with pytest.raises(CalculatorError, match="could not parse"):
+            evaluate("(" * 300 + "1" + ")" * 300)
+    finally:
+        calculator_module._compile.cache_clear()
