@@ -5,7 +5,8 @@ Public API (built-in environments use nothing else from spo_agents.env):
 - `tool`, `Tool`, `ToolError`: typed Python functions as tools with JSON schemas.
 - `parse_tool_calls`, `strip_tool_calls`: the `<tool_call>{...}</tool_call>` convention.
 - `Task`, `TaskSet`, `split_tasks`, `load_tasks`, `load_hf_dataset`: task sources.
-- `UnicodeText`: a space of any Unicode string.
+- `UnicodeText`: a space of any Unicode string (AsyncVectorEnv's shared memory included).
+- `register_tool_env`: registration with the turn cap as `max_episode_steps`.
 - `extract_last_boxed`: the final-answer convention (last box outside tool calls).
 """
 
@@ -13,7 +14,7 @@ from spo_agents.env.answers import extract_last_boxed
 from spo_agents.env.base import DEFAULT_SYSTEM_PROMPT, TextEnv, ToolEnv, truncate_middle
 from spo_agents.env.latency import LatencyWrapper
 from spo_agents.env.parsing import ParsedAction, ToolCall, ToolCallError, parse_tool_calls, strip_tool_calls
-from spo_agents.env.registry import ENTRY_POINT_GROUP, describe_env, load_plugins, registered_ids
+from spo_agents.env.registry import ENTRY_POINT_GROUP, describe_env, load_plugins, register_tool_env, registered_ids
 from spo_agents.env.spaces import UnicodeText
 from spo_agents.env.tasks import Task, TaskSet, load_hf_dataset, load_tasks, split_tasks, stable_hash
 from spo_agents.env.tools import Tool, ToolError, as_tool, tool
@@ -39,6 +40,7 @@ __all__ = [
     "load_plugins",
     "load_tasks",
     "parse_tool_calls",
+    "register_tool_env",
     "registered_ids",
     "split_tasks",
     "stable_hash",

@@ -53,9 +53,16 @@ def truncate_middle(text: str, limit: int) -> str:
 
 
 class TextEnv(gymnasium.Env[str, str]):
-    """Minimal text environment: Unicode text spaces and an ANSI transcript renderer."""
+    """Minimal text environment: Unicode text spaces and an ANSI transcript renderer.
+
+    Environments pickle and deep-copy (to worker processes, Ray actors, `copy.deepcopy`):
+    attributes named in `transient_attributes` hold process-bound handles (sandbox sessions,
+    pools, sockets, locks) and are left out, as None; a subclass that names one recreates it
+    on first use. Everything else (tasks, tools, the RNG, the episode so far) is kept.
+    """
 
     metadata = {"render_modes": ["ansi"]}
+    transient_attributes: tuple[str, ...] = ()
 
     def __init__(self, render_mode: str | None = None):
         if render_mode not in (None, "ansi"):
@@ -69,6 +76,13 @@ class TextEnv(gymnasium.Env[str, str]):
         if self.render_mode != "ansi":
             return None
         return "\n".join(f"[{role}] {text}" for role, text in self.transcript)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self.transient_attributes:
+            if name in state:
+                state[name] = None
+        return state
 
 
 class ToolEnv(TextEnv):

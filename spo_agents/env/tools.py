@@ -8,13 +8,21 @@ Argument descriptions come from a Google-style `Args:` section of the docstring.
 A tool returns text (anything else is converted with `str`). It signals a model-facing failure
 by raising `ToolError`; any other exception is also caught by the environment and shown to the
 model as an error, so a buggy tool ends up as an observation, never as a crash of `step`.
+
+Tools pickle (environments are sent to other processes and copied): a tool that is a module
+attribute (`@tool` on a module-level function) by reference, any other by its function, with
+the pydantic model rebuilt on loading (it is a class made at run time, which pickle cannot
+name).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import inspect
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import pydantic
@@ -120,6 +128,31 @@ class Tool:
     def __call__(self, arguments: Any) -> str:
         result = self.fn(**self.validate(arguments))
         return result if isinstance(result, str) else str(result)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        module = sys.modules.get(getattr(self.fn, "__module__", None) or "")
+        qualname = getattr(self.fn, "__qualname__", "")
+        if module is not None and _attribute(module, qualname) is self:
+            return _import_attribute, (module.__name__, qualname)
+        return _rebuild_tool, (self.fn, self.name, self.description)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Tool":
+        # the arguments model is immutable and shared; a bound method's object is copied
+        return replace(self, fn=copy.deepcopy(self.fn, memo))
+
+
+def _attribute(obj: Any, qualname: str) -> Any:
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _import_attribute(module: str, qualname: str) -> Any:
+    return _attribute(importlib.import_module(module), qualname)
+
+
+def _rebuild_tool(fn: Callable[..., Any], name: str, description: str) -> Tool:
+    return Tool.from_function(fn, name=name, description=description)
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None):

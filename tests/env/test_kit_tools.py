@@ -1,5 +1,7 @@
 """Typed tool functions -> JSON schema + pydantic validation; tool-call parsing."""
 
+import copy
+import pickle
 import time
 
 import pytest
@@ -141,3 +143,28 @@ def test_parsing_is_linear_in_the_text(unit):
 def test_raw_control_character_in_a_string_is_an_error():
     parsed = parse_tool_calls('<tool_call>{"name": "a", "arguments": {"s": "\x00"}}</tool_call>')
     assert "Invalid control character" in parsed.errors[0].message
+
+
+class _Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def bump(self, by: int = 1) -> str:
+        """Add to the counter.
+
+        Args:
+            by: How much to add.
+        """
+        self.calls += by
+        return str(self.calls)
+
+
+def test_tools_pickle_and_deepcopy():
+    assert pickle.loads(pickle.dumps(lookup)) is lookup  # a module-level @tool: by reference
+    bound = Tool.from_function(_Counter().bump, description="Count.")
+    bound({"by": 2})
+    for twin in (pickle.loads(pickle.dumps(bound)), copy.deepcopy(bound)):
+        assert (twin.name, twin.description, twin.schema) == (bound.name, bound.description, bound.schema)
+        assert twin({"by": 3}) == "5" and bound.fn.__self__.calls == 2  # its own copy of the object
+        with pytest.raises(ToolError, match="invalid arguments"):
+            twin({"by": "x"})
