@@ -27,12 +27,19 @@ def test_check_reports_every_layer(capsys):
     for text in ("network namespace", "PID namespace", "tmpfs", "rlimits", "unprivileged UID",
                  "cleared environment", "bubblewrap"):
         assert text in out
+    # the layers of issue 16, each measured from inside a runner
+    for text in ("[x] own IPC namespace per call/session", "[x] own network namespace per call/session",
+                 "[x] socket families limited", "[x] memory of the whole call bounded",
+                 "[x] the project's and environments' packages are hidden", "[x] /proc/1/cmdline and environ",
+                 "call memory: at most"):
+        assert text in out, out
 
 
 def test_check_json(capsys):
     assert run_cli(["sandbox", "check", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["isolated"] and report["mode"] in ("namespaces", "bwrap")
+    assert all(report["layers"].values()) and report["memory"].startswith("at most"), report
 
 
 def test_check_unisolated_fails(capsys):
