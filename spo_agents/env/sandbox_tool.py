@@ -13,6 +13,10 @@ decisions live here:
 - Stateless by default; with `stateful=True` each episode gets one `pool.session()` (variables
   persist between the tool calls of that episode only), opened at the first call and killed
   in `end_episode()` (on reset, at the episode's end, on close).
+- Copies (pickle, `copy.deepcopy`: vector-env workers, Ray actors) keep everything but the
+  sandbox session, which belongs to this process (`transient_attributes`); the pool is looked
+  up per call. A stateful copy made mid-episode opens a fresh session at its next call, whose
+  result says the interpreter was restarted (its variables are lost), as after a crash.
 - A failure of the sandbox itself (it cannot start, a helper died under a session, the pool
   was closed) is not the model's doing: the episode ends at once with `truncated=True`,
   reward 0 and `info["sandbox_error"]`, and the next episode tries again (a closed or broken
@@ -24,6 +28,7 @@ decisions live here:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -139,9 +144,12 @@ class SandboxToolEnv(ToolEnv):
         **kwargs: every other `ToolEnv` argument.
     """
 
+    transient_attributes = ("_session",)  # a session belongs to this process; copies open their own
+
     def __init__(self, tasks, *, sandbox: SandboxConfig | Mapping[str, Any] | None = None,
                  stateful: bool = False, **kwargs):
         self._session: SandboxSession | None = None
+        self._episode_had_session = False  # survives copies, unlike the session itself
         self._sandbox_failure: str | None = None
         self.sandbox_config = as_sandbox_config(sandbox)
         self.stateful = bool(stateful or self.sandbox_config.stateful)
@@ -172,9 +180,12 @@ class SandboxToolEnv(ToolEnv):
         try:
             pool = self.sandbox_pool()
             if self.stateful and not fresh:
+                restarted = self._session is None and self._episode_had_session  # a copy's first call
                 if self._session is None:
-                    self._session = pool.session()
+                    self._session, self._episode_had_session = pool.session(), True
                 result = self._session.run(code, timeout_s=timeout_s)
+                if restarted:
+                    result = dataclasses.replace(result, session_reset=True)
             else:
                 result = pool.run(code, timeout_s=timeout_s)
         except (SandboxError, SandboxConfigError) as exc:
@@ -219,7 +230,7 @@ class SandboxToolEnv(ToolEnv):
 
     # ----- episode lifecycle ----------------------------------------------------------------
     def end_episode(self) -> None:
-        session, self._session = self._session, None
+        session, self._session, self._episode_had_session = self._session, None, False
         if session is not None:
             try:
                 session.close()

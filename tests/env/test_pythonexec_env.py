@@ -1,7 +1,9 @@
 """spo/PythonExec-v0: tasks, the unforgeable grader, reward hacking, sessions, sandbox failures."""
 
+import copy
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -422,6 +424,26 @@ def test_stateful_mode_keeps_variables_within_an_episode_only():
     assert "NameError" in env.step(call("print(x)"))[0]
     env.close()
     assert env._session is None
+
+
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+def test_a_stateful_env_copies_mid_episode_without_its_session(copier):
+    """Issue 16 item 15: the copy leaves the session (process-bound) behind, opens its own at
+    the next call and says the interpreter was restarted; the original keeps its variables."""
+    env = make(stateful=True)
+    env.reset(seed=3)
+    env.step(call("x = 41"))
+    twin = pickle.loads(pickle.dumps(env)) if copier == "pickle" else copy.deepcopy(env)
+    assert twin._session is None and twin.task == env.task and twin.turn == env.turn
+    observation = twin.step(call("print('x' in globals())"))[0]
+    assert observation.startswith("False") and "[the session was restarted" in observation, observation
+    assert twin.step(call("y = 1\nprint('y' in globals())"))[0] == "True"  # then the new session persists
+    assert env.step(call("print(x + 1)"))[0] == "42"
+    assert twin._session.runner_pid != env._session.runner_pid
+    _, reward, terminated, _, _ = twin.step(reply(twin.task.answer))
+    assert (reward, terminated) == (1.0, True)
+    twin.close()
+    env.close()
 
 
 def _alive(pid: int) -> bool:

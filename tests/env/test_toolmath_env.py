@@ -1,6 +1,8 @@
 """spo/ToolMath-v0: problems that need computing, the python tool, boxed-answer rewards, loaders."""
 
+import copy
 import json
+import pickle
 import re
 
 import gymnasium
@@ -193,3 +195,19 @@ def test_parquet_file(tmp_path):
     path = tmp_path / "data.parquet"
     pq.write_table(pa.table({"question": ["What is 6*7?"], "answer": ["42"]}), path)
     assert [t.answer for t in load_math_tasks(path)] == ["42"]
+
+
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+def test_stateful_copies_mid_episode_open_their_own_session(copier):
+    """Issue 16 item 15 for ToolMath: the copy works on, in a fresh interpreter that says so."""
+    env = make(stateful=True)
+    env.reset(seed=1)
+    env.step(call("total = 6 * 7"))
+    twin = pickle.loads(pickle.dumps(env)) if copier == "pickle" else copy.deepcopy(env)
+    observation = twin.step(call("print(globals().get('total'))"))[0]
+    assert observation.startswith("None") and "[the session was restarted" in observation, observation
+    assert env.step(call("print(total)"))[0] == "42"
+    _, reward, terminated, _, _ = twin.step(f"The answer is \\boxed{{{twin.task.answer}}}.")
+    assert (reward, terminated) == (1.0, True)
+    twin.close()
+    env.close()
