@@ -150,11 +150,15 @@ class RunnerCgroups:
     def __init__(self, base: CgroupBase, limit_bytes: int, name: str):
         self.version = base.version
         self.limit_bytes = limit_bytes
+        self.name = name
         self.host_path = os.path.join(base.path, name)
         os.mkdir(self.host_path)
         if self.version == 2:
             self._write(self.host_path, "cgroup.subtree_control", "+memory")
         self.dir_fd = os.open(self.host_path, os.O_RDONLY | os.O_DIRECTORY)
+        # the parent too: after pivot_root the host path no longer resolves, yet the helper
+        # must remove its directory at shutdown (also when its pool's process just vanished)
+        self.parent_fd = os.open(base.path, os.O_RDONLY | os.O_DIRECTORY)
 
     def _write(self, directory: str | int, name: str, text: str) -> None:
         fd = os.open(name, os.O_WRONLY, dir_fd=directory) if isinstance(directory, int) else \
@@ -227,9 +231,10 @@ class RunnerCgroups:
                 self.remove(name, wait_s=0.5)
         os.close(self.dir_fd)
         try:
-            os.rmdir(self.host_path)
+            os.rmdir(self.name, dir_fd=self.parent_fd)
         except OSError:
             pass
+        os.close(self.parent_fd)
 
 
 def join(procs_fd: int, pid: int | None = None) -> None:

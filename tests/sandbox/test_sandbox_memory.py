@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import time
 
 import pydantic
 import pytest
-from sandbox_checks import INTERPRETER_MASKED, SOLO_CONFIG, run_timed
+from sandbox_checks import INTERPRETER_MASKED, SOLO_CONFIG, run_timed, wait_for
 
 from spo_agents.sandbox import ExecStatus, IsolationMode, SandboxConfig, SandboxConfigError, SandboxPool
 from spo_agents.sandbox.cgroups import find_base, host_memory_mb
@@ -126,6 +128,27 @@ def test_runner_cgroups_bound_each_mode_and_are_removed(mode):
         hoard = pool.run(MEMFD_FILL, timeout_s=20)
         assert hoard.status is ExecStatus.CRASHED and last_number(hoard.stdout) <= CALL_MB, hoard
     assert not os.path.exists(directory)
+
+
+ABANDONED = r"""
+import os, sys
+from spo_agents.sandbox import SandboxConfig, SandboxPool
+pool = SandboxPool(SandboxConfig(num_helpers=2, uid_base=SandboxConfig().uid_base + 61_000))
+assert pool.run("print(1)").stdout == "1\n"
+print(" ".join(map(str, pool.helper_pids())), flush=True)
+os._exit(0)  # as a vector-env worker ends: no close, no finalizers
+"""
+
+
+@requires_cgroup
+def test_helpers_of_a_vanished_process_remove_their_cgroups():
+    completed = subprocess.run([sys.executable, "-c", ABANDONED], capture_output=True, text=True, timeout=120,
+                               env={**os.environ})
+    assert completed.returncode == 0, completed.stderr
+    helpers = completed.stdout.split()
+    assert len(helpers) == 2
+    directories = [os.path.join(BASE.path, f"spo-sandbox-{pid}") for pid in helpers]
+    assert wait_for(lambda: not any(os.path.exists(d) for d in directories), timeout_s=15), directories
 
 
 @requires_cgroup
