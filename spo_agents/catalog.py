@@ -22,3 +22,6 @@ def register_builtin_envs() -> None:
     register_tool_env("spo/ToolMath-v0", "spo_env_toolmath:ToolMathEnv", max_turns=9)
     register_tool_env("spo/FileSearch-v0", "spo_env_filesearch:FileSearchEnv", max_turns=64)
     register_tool_env("spo/ChainCalc-v0", "spo_env_chaincalc:ChainCalcEnv", max_turns=3 * 64 + 8)
+    # a dataset of prompts and a reward function (env kwargs `dataset`, `reward`); not under spo/,
+    # whose environments all run without arguments; single-turn
+    register_tool_env("reward/RewardFn-v0", "spo_agents.env.reward_fn:RewardFnEnv", max_turns=1)

@@ -151,16 +151,12 @@ def run_train(args: argparse.Namespace) -> int:
     # rank 0 (or the only process) checks: followers start after it may have made the run folder
     check_output_dir(config.output_dir, resume=args.resume)
     check_run_config(config, resume=args.resume)
-    from spo_agents.trainer.loop import Trainer
-    from spo_agents.trainer.parts import SetupError
-    from spo_agents.trainer.plots import plot_run
+    from spo_agents.trainer import SetupError, train
 
     try:
-        trainer = Trainer(config, resume=args.resume, show_progress=not args.no_progress)
+        summary = train(config, resume=args.resume, show_progress=not args.no_progress)
     except SetupError as exc:
         raise UserError(str(exc)) from exc
-    summary = asyncio.run(trainer.run())
-    plot_run(config.output_dir)
     print(json.dumps(summary))
     return 0
 
@@ -189,10 +185,9 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_eval_model(args.model, args.base_model)
     if args.json_out:
         check_parent_folder(args.json_out, "--json-out")
-    from spo_agents.trainer.eval_cmd import evaluate_command
+    from spo_agents.cli.eval_cmd import evaluate_and_report
 
-    result = evaluate_command(args)
-    print(json.dumps(result))
+    print(json.dumps(evaluate_and_report(args, env_kwargs)))
     return 0
 
 

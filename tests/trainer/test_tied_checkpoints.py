@@ -15,7 +15,7 @@ from spo_agents.backends.models import build_tiny_model, build_tiny_tokenizer
 from spo_agents.cli import main
 from spo_agents.trainer.checkpoint import latest_checkpoint, load_weights
 from spo_agents.trainer.config import load_config
-from spo_agents.trainer.eval_cmd import policy_for_checkpoint
+from spo_agents.trainer.api import policy_for_checkpoint
 from spo_agents.trainer.lora import merged_state_dict
 from spo_agents.trainer.loop import Trainer
 
