@@ -15,6 +15,7 @@ learner is dropped or down-weighted.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -108,24 +109,21 @@ class SPOAlgorithm:
 
     def learner_step(self, updater: PolicyUpdater, batch: Batch) -> dict[str, float]:
         """The update (collect: forward/backward of the batch; accumulate: gradients already summed on
-        arrival), drift D from the configured estimator, rho, tracker update; returns metrics."""
+        arrival), drift D from the configured estimator, rho, tracker update; returns metrics
+        (`learner/drift_s`: seconds spent measuring D, the update excluded)."""
         if self.config.spo_update is SPOUpdate.ACCUMULATE:
             forward = [self._arrival_logprobs.pop(id(e)) for e in batch.episodes]
         else:
             updater.accumulate(batch.samples, batch.advantages, batch.weights)
             forward = updater.last_logprobs
-        estimator, metrics = self.config.tracker.drift_estimator, {}
-        if estimator is DriftEstimator.STORED_EPISODE:  # before the update: same weights as the forward
-            drifts, counts = self.drift_cache.measure_and_store_from_forward(
-                [e.task_id for e in batch.episodes], [s.token_ids for s in batch.samples],
-                [s.loss_mask for s in batch.samples], forward, updater.logprobs, updater.version)
-            metrics.update({f"drift/{k}": v for k, v in counts.items()})
-        elif estimator is DriftEstimator.BEHAVIOUR_RATIO:
-            drifts = np.array([behaviour_ratio_drift(s.behaviour_logprobs, lp, s.loss_mask)
-                               for s, lp in zip(batch.samples, forward)])
+        started = time.perf_counter()
+        drifts, metrics = self._drift_before_update(updater, batch, forward)
+        drift_s = time.perf_counter() - started
         metrics.update(updater.apply())
-        if estimator is DriftEstimator.STORED_EPISODE_RESCORE:
+        if drifts is None:  # stored_episode_rescore: measured under the updated weights
+            started = time.perf_counter()
             drifts = self._rescore(self.drift_cache, batch, updater)
+            drift_s += time.perf_counter() - started
         rhos = [forgetting_factor(float(d), self.config.tracker) for d in drifts]
         if self.audit_cache is not None:
             metrics.update(self._audit(drifts, rhos, batch, updater))
@@ -133,8 +131,24 @@ class SPOAlgorithm:
             self.tracker.update(episode.task_id, float(np.clip(episode.reward, 0.0, 1.0)), rho)
             self._values_before.pop(id(episode), None)
         metrics.update({"rho/mean": float(np.mean(rhos)), "rho/min": float(np.min(rhos)),
-                        "rho/max": float(np.max(rhos)), "drift/mean": float(np.mean(drifts))})
+                        "rho/max": float(np.max(rhos)), "drift/mean": float(np.mean(drifts)),
+                        "learner/drift_s": drift_s})
         return metrics
+
+    def _drift_before_update(self, updater: PolicyUpdater, batch: Batch, forward: list[np.ndarray]
+                             ) -> tuple[np.ndarray | None, dict[str, float]]:
+        """D from the training forward's log-probs (step-start weights); None when the estimator
+        measures after the update."""
+        estimator = self.config.tracker.drift_estimator
+        if estimator is DriftEstimator.BEHAVIOUR_RATIO:
+            return np.array([behaviour_ratio_drift(s.behaviour_logprobs, lp, s.loss_mask)
+                             for s, lp in zip(batch.samples, forward)]), {}
+        if estimator is DriftEstimator.STORED_EPISODE:  # a pass, if any, with the forward's weights
+            drifts, counts = self.drift_cache.measure_and_store_from_forward(
+                [e.task_id for e in batch.episodes], [s.token_ids for s in batch.samples],
+                [s.loss_mask for s in batch.samples], forward, updater.logprobs, updater.version)
+            return drifts, {f"drift/{k}": v for k, v in counts.items()}
+        return None, {}
 
     @staticmethod
     def _rescore(cache: DriftCache, batch: Batch, updater: PolicyUpdater) -> np.ndarray:
