@@ -7,6 +7,7 @@ Overrides use dotted paths: `--set rollout.num_slots=16 --set optim.lr=1e-5`.
 from __future__ import annotations
 
 import os
+import re
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -64,6 +65,13 @@ class LearnerParallel(str, Enum):
     FSDP = "fsdp"  # FSDP2-sharded over the ranks of torchrun (spo_agents.distributed.learner_group)
 
 
+def check_device(device: str) -> str:
+    """The devices the learner supports (bf16 autocast on CUDA, fp32 on the CPU)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
 class EvalConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -118,6 +126,11 @@ class SFTConfig(pydantic.BaseModel):
     device: str = pydantic.Field("cpu", description="cpu | cuda")
     seed: int = pydantic.Field(0, description="seed of the demonstrations, model and shuffling")
     output_dir: str = pydantic.Field("runs/sft", description="folder for the warm-started model")
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device(value)
 
 
 class TrainConfig(pydantic.BaseModel):
@@ -199,6 +212,25 @@ class TrainConfig(pydantic.BaseModel):
                              "set model to a folder (e.g. runs/sft) or warm_start to null")
         return self
 
+    @pydantic.model_validator(mode="after")
+    def _reject_settings_the_run_would_ignore(self) -> "TrainConfig":
+        """Settings that no training code would read: an error, not silence (issue 16 item 12)."""
+        rollout_defaults = RolloutConfig.model_fields
+        for name, owner in (("mode", "algo and grpo_mode"), ("group_size", "group_size")):
+            if getattr(self.rollout, name) != rollout_defaults[name].default:
+                raise ValueError(f"rollout.{name} is set by the trainer from {owner}; remove it from the config")
+        if self.warm_start is not None and self.warm_start.output_dir not in (
+                SFTConfig.model_fields["output_dir"].default, self.model):
+            raise ValueError(f"warm_start.output_dir ({self.warm_start.output_dir!r}) is ignored: the warm start is "
+                             f"written into `model` ({self.model!r}); remove warm_start.output_dir")
+        if self.generation_workers != 1 and self.generation is not Generation.RAY:
+            raise ValueError("generation_workers counts Ray generation replicas; it needs generation: ray")
+        return self
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device(value)
 
     def generation_urls(self) -> list[str]:
         url = self.generation_url

@@ -225,3 +225,24 @@ def test_drift_audit_logs_the_reference_estimator_on_the_same_visits(tiny, updat
 def test_drift_audit_against_itself_is_rejected():
     with pytest.raises(ValueError, match="nothing to compare"):
         load_config(None, ["tracker.drift_estimator=stored_episode_rescore", "tracker.drift_audit=true"])
+
+
+@pytest.mark.parametrize("overrides", [[], ["advantage.ddof=0"], ["advantage.normalize=token"],
+                                       ["advantage.normalize=none"], ["advantage.spo_eps=10"]])
+def test_collect_mode_batch_uses_the_advantage_settings(overrides):
+    """The batch standardisation, as hand-computed, for each setting."""
+    spo = _spo(*overrides)
+    episodes = [_episode(f"t{i}", r, completion=range(10, 10 + n)) for i, (r, n) in enumerate(zip(REWARDS, LENGTHS))]
+    for episode in episodes:
+        spo.on_arrival(episode)
+    batch = spo.make_batch(episodes, version=0)
+    raw, tokens = np.array(REWARDS) - 0.5, np.array(LENGTHS, dtype=float)
+    c = spo.config.advantage
+    if c.normalize.value == "none":
+        expected = raw
+    elif c.normalize.value == "token":
+        mean = np.sum(tokens * raw) / tokens.sum()
+        expected = (raw - mean) / (np.sqrt(np.sum(tokens * (raw - mean) ** 2) / tokens.sum()) + c.spo_eps)
+    else:
+        expected = (raw - raw.mean()) / (raw.std(ddof=c.ddof) + c.spo_eps)
+    assert batch.advantages == pytest.approx(list(expected))

@@ -224,3 +224,10 @@ def test_read_off_needs_the_same_tokens_before_the_last_policy_token():
     # the prompt token differs (an env observation changed): the forward scored another context
     cache.measure_and_store_from_forward(["a"], [[4, 1, 2]], [[0, 1, 1]], policy([[4, 1, 2]], [[0, 1, 1]]), policy)
     assert policy.calls == calls + 2
+
+
+def test_d_half_and_the_clip_come_from_the_tracker_config():
+    # 2 ** (-0.006 / 0.12) = 0.9659 with d_half 0.12 (0.9330 at the default 0.06)
+    assert forgetting_factor(0.006, TrackerConfig(d_half=0.12, rho_max=0.99)) == pytest.approx(2 ** -0.05)
+    assert forgetting_factor(0.0, TrackerConfig(rho_max=0.99)) == 0.99  # rho_max clips a first visit
+    assert forgetting_factor(1.0, TrackerConfig(rho_min=0.5)) == 0.5  # rho_min clips a large drift

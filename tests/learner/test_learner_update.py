@@ -178,3 +178,44 @@ def test_logged_pg_loss_is_the_token_mean(tiny):
     expected = -sum(a * n for a, n in zip(advantages, counts)) / sum(counts)
     assert metrics["loss/pg"] == pytest.approx(expected, abs=1e-5)
     assert metrics["loss/total"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("advantage, ratio, setting, moves", [
+    (1.0, 4.0, {}, False),  # ratio past 1 + clip_high: clipped, no gradient
+    (1.0, 4.0, {"clip_high": 5.0}, True),
+    (-1.0, 0.25, {}, False),  # ratio under 1 - clip_low: clipped
+    (-1.0, 0.25, {"clip_low": 0.9}, True),
+    (-1.0, 20.0, {}, False),  # past the dual clip c = 10: constant loss
+    (-1.0, 20.0, {"dual_clip": None}, True),
+])
+def test_clip_settings_decide_which_tokens_carry_gradient(tiny, advantage, ratio, setting, moves):
+    updater = _updater(tiny, **setting)
+    sample = _answer_samples(tiny, updater)[0]
+    shifted = TrainingSample(sample.token_ids, sample.loss_mask,
+                             [lp - math.log(ratio) if m else 0.0 for lp, m in zip(sample.behaviour_logprobs,
+                                                                                  sample.loss_mask)])
+    params = _params(updater.model)
+    updater.step([shifted], [advantage])
+    assert (_moved(params, updater.model) > 0) is moves
+
+
+def test_grad_clip_bounds_the_gradient_the_optimiser_sees(tiny):
+    """AdamW is scale-free until the gradient nears its eps (1e-8): clipped to 1e-9 the step is tiny."""
+    moved = {}
+    for grad_clip in (1.0, 1e-9):
+        updater = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, grad_clip=grad_clip))
+        sample = _answer_samples(tiny, updater)[0]
+        params = _params(updater.model)
+        metrics = updater.step([sample], [1.0])
+        moved[grad_clip] = _moved(params, updater.model)
+        assert metrics["grad_norm"] > 1e-3  # the norm before clipping
+    assert moved[1e-9] < 0.1 * moved[1.0]
+
+
+def test_optim_temperature_scales_the_logits_of_every_log_prob(tiny):
+    ids = tiny.tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello")
+    with torch.no_grad():
+        logits = tiny.model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+    expected = torch.log_softmax(logits / 0.5, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+    scored = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(temperature=0.5)).logprobs([ids])[0]
+    assert scored[1:] == pytest.approx(expected, abs=1e-4)
