@@ -59,6 +59,9 @@ ALGORITHMS = "tests/learner/test_learner_algorithms.py"
 DRIFT = "tests/learner/test_learner_drift.py"
 TRACKER = "tests/learner/test_learner_tracker.py"
 SAMPLER = "tests/learner/test_learner_sampler.py"
+SERVE_TRAIN = "tests/backends/test_http_backend.py::test_the_trainer_generates_on_spo_serve_and_pushes_each_step"
+SERVER_CONFIG = ("tests/backends/test_server_weights.py::test_config_selects_the_server_and_rejects_settings_that_"
+                 "would_do_nothing")
 
 PROOFS: dict[str, Proof] = {
     # ---- top level ------------------------------------------------------------------------
@@ -71,7 +74,14 @@ PROOFS: dict[str, Proof] = {
                           "generation_replicas"),
     "generation_workers": changes("tests/distributed/test_ray_trainer.py::test_spo_training_with_ray_env_actors_"
                                   "and_generation_replicas", REJECTED),
-    "generation_url": changes(f"{SETTINGS}::test_generation_and_generation_url_choose_the_backend", REJECTED),
+    "generation_url": changes(f"{SETTINGS}::test_generation_and_generation_url_choose_the_backend", SERVE_TRAIN,
+                              REJECTED),
+    "generation_server": changes(SERVER_CONFIG, "tests/backends/test_server_weights.py::test_the_trainer_pushes_every_"
+                                 "step_through_the_vllm_sequence"),
+    "generation_weights_dir": changes(SERVER_CONFIG, SERVE_TRAIN),
+    "learner_parallel": changes("tests/distributed/test_fsdp_learner.py::test_spo_agents_train_with_the_sharded_"
+                                "learner_checkpoints_and_resumes", "tests/distributed/test_fsdp_learner.py::test_the_"
+                                "sharded_learner_is_selected_by_config_and_refuses_what_it_cannot_do"),
     "env_id": changes("tests/trainer/test_trainer_streaming.py::test_spo_learner_steps_while_slow_episodes_run"),
     "env_kwargs": changes(BUILD),
     "steps": changes(RUN),
@@ -187,6 +197,9 @@ PROOFS: dict[str, Proof] = {
     "optim.microbatch_tokens": changes(BUILD, f"{UPDATE}::test_accumulating_one_episode_at_a_time_equals_one_"
                                        "batch_step", f"{UPDATE}::test_microbatches_respect_token_budget"),
     "optim.temperature": changes(f"{UPDATE}::test_optim_temperature_scales_the_logits_of_every_log_prob", BUILD),
+    # ---- threads --------------------------------------------------------------------------
+    "threads.learner": changes("tests/trainer/test_threads.py::test_trainer_budgets_are_in_force_and_reported"),
+    "threads.decoder": changes("tests/trainer/test_threads.py::test_trainer_budgets_are_in_force_and_reported"),
     # ---- eval -----------------------------------------------------------------------------
     "eval.every_steps": changes(RUN),
     "eval.num_tasks": changes(RUN, BUILD),
