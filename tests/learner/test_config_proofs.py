@@ -59,6 +59,7 @@ ALGORITHMS = "tests/learner/test_learner_algorithms.py"
 DRIFT = "tests/learner/test_learner_drift.py"
 TRACKER = "tests/learner/test_learner_tracker.py"
 SAMPLER = "tests/learner/test_learner_sampler.py"
+RUN_SETUP = "tests/trainer/test_run_setup.py"
 SERVE_TRAIN = "tests/backends/test_http_backend.py::test_the_trainer_generates_on_spo_serve_and_pushes_each_step"
 SERVER_CONFIG = ("tests/backends/test_server_weights.py::test_config_selects_the_server_and_rejects_settings_that_"
                  "would_do_nothing")
@@ -76,6 +77,7 @@ PROOFS: dict[str, Proof] = {
                                   "and_generation_replicas", REJECTED),
     "generation_url": changes(f"{SETTINGS}::test_generation_and_generation_url_choose_the_backend", SERVE_TRAIN,
                               REJECTED),
+    "generation_api_key": changes(SERVE_TRAIN),  # the server refuses pushes without it
     "generation_server": changes(SERVER_CONFIG, "tests/backends/test_server_weights.py::test_the_trainer_pushes_every_"
                                  "step_through_the_vllm_sequence"),
     "generation_weights_dir": changes(SERVER_CONFIG, SERVE_TRAIN),
@@ -197,6 +199,11 @@ PROOFS: dict[str, Proof] = {
     "optim.microbatch_tokens": changes(BUILD, f"{UPDATE}::test_accumulating_one_episode_at_a_time_equals_one_"
                                        "batch_step", f"{UPDATE}::test_microbatches_respect_token_budget"),
     "optim.temperature": changes(f"{UPDATE}::test_optim_temperature_scales_the_logits_of_every_log_prob", BUILD),
+    "optim.schedule": changes(f"{RUN_SETUP}::test_lr_schedules", f"{RUN_SETUP}::test_env_from_a_file_path_trains_"
+                              "with_a_decaying_lr"),
+    "optim.warmup_steps": changes(f"{RUN_SETUP}::test_lr_schedules"),
+    "optim.decay_steps": changes(f"{RUN_SETUP}::test_lr_schedules"),
+    "optim.min_lr_ratio": changes(f"{RUN_SETUP}::test_lr_schedules"),
     # ---- threads --------------------------------------------------------------------------
     "threads.learner": changes("tests/trainer/test_threads.py::test_trainer_budgets_are_in_force_and_reported"),
     "threads.decoder": changes("tests/trainer/test_threads.py::test_trainer_budgets_are_in_force_and_reported"),
