@@ -68,7 +68,7 @@ class LearnerParallel(str, Enum):
 def check_device(device: str) -> str:
     """The devices the learner supports (bf16 autocast on CUDA, fp32 on the CPU)."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+        raise ValueError("unknown torch device: device must be cpu, cuda or cuda:N")
     return device
 
 

@@ -171,25 +171,33 @@ class RecordingBackend(ScriptedBackend):
 
 
 def test_rollout_settings_reach_the_engine_and_the_backend():
-    backend = RecordingBackend()
-    config = RolloutConfig(num_slots=1, temperature=0.7, top_p=0.9, top_k=5, seed=40, env_workers=3,
-                           max_tokens_per_turn=500, max_context_tokens=450, env_executor=EnvExecutor.THREAD)
-    engine = RolloutEngine("settingstest/Seeds-v0", backend, backend.formatter, config, CycleTasks(["t0", "t1"]))
+    def play(config, n):
+        backend = RecordingBackend()
+        engine = RolloutEngine("settingstest/Seeds-v0", backend, backend.formatter, config, CycleTasks(["t0", "t1"]))
+
+        async def episodes():
+            async with engine:
+                return [await engine.get() for _ in range(n)]
+
+        try:
+            return asyncio.run(episodes()), backend, engine
+        finally:
+            engine.close()
+
+    (probe,), _, _ = play(RolloutConfig(num_slots=1), 1)
+    prompt_length = len(probe.turns[0].prompt_ids)
     SeedRecordingEnv.seeds.clear()
-
-    async def two():
-        async with engine:
-            return [await engine.get() for _ in range(2)]
-
-    episodes = asyncio.run(two())
+    config = RolloutConfig(num_slots=1, temperature=0.7, top_p=0.9, top_k=5, seed=40, env_workers=3,
+                           max_tokens_per_turn=500, max_context_tokens=prompt_length + 100,
+                           env_executor=EnvExecutor.THREAD)
+    episodes, backend, engine = play(config, 2)
     assert [e.error for e in episodes] == [None, None]
     assert SeedRecordingEnv.seeds[:2] == [40, 41]  # rollout.seed: one reset seed per episode from it
-    prompt_length, params = backend.params[0]
+    params = backend.params[0][1]
     assert (params.temperature, params.top_p, params.top_k) == (0.7, 0.9, 5)
-    assert params.max_new_tokens == 450 - prompt_length  # the context cap binds before the turn cap
-    assert all(e.num_tokens <= 450 and e.truncated for e in episodes)
+    assert params.max_new_tokens == 100  # max_context_tokens binds before max_tokens_per_turn
+    assert all(e.num_tokens == prompt_length + 100 and e.truncated for e in episodes)
     assert engine.thread_pool._max_workers == 3  # rollout.env_workers
-    engine.close()
 
 
 def test_lora_settings_shape_the_adapters():
