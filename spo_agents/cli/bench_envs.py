@@ -14,11 +14,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from spo_agents.cli.checks import positive_float, positive_int
+
 
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     parser = bench_subparsers.add_parser("envs", help="calculator evaluations/s and grader latency p50/p95")
-    parser.add_argument("--seconds", type=float, default=2.0, help="time spent on the calculator measurement")
-    parser.add_argument("--grades", type=int, default=300, help="grader calls measured")
+    parser.add_argument("--seconds", type=positive_float, default=2.0, help="time spent on the calculator measurement")
+    parser.add_argument("--grades", type=positive_int, default=300, help="grader calls measured")
     parser.set_defaults(func=run_bench_envs)
 
 

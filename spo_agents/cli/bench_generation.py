@@ -19,6 +19,8 @@ import json
 import time
 from typing import Any
 
+from spo_agents.cli.checks import check_device, check_model_spec, positive_int
+
 QUESTIONS = (
     "What is the capital of France, and why is it famous?",
     "Explain how a binary search works.",
@@ -39,9 +41,9 @@ def register_bench(bench_subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="smollm2-135m", help="preset (smollm2-135m, tiny), .gguf file, folder or Hub id")
-    parser.add_argument("--requests", type=int, default=16, help="concurrent requests for the batched engine")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
-    parser.add_argument("--baseline-requests", type=int, default=4, help="requests timed one at a time for the baseline")
+    parser.add_argument("--requests", type=positive_int, default=16, help="concurrent requests for the batched engine")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per request")
+    parser.add_argument("--baseline-requests", type=positive_int, default=4, help="requests timed one at a time for the baseline")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run_bench)
@@ -89,6 +91,8 @@ def _time_batched(backend: Any, prompts: list[list[int]], params: Any) -> tuple[
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    check_model_spec(args.model, what="--model")
+    check_device(args.device)
     import torch
 
     from spo_agents.backends.base import SamplingParams

@@ -21,14 +21,27 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from spo_agents.cli.checks import positive_float, positive_int
+
 DEFAULT_SNIPPET = "print(sum(i * i for i in range(1000)))"
+
+
+def helper_counts(text: str) -> str:
+    """Comma-separated helper counts, each >= 1 (checked here, kept as text, parsed where used)."""
+    try:
+        valid = all(int(part) >= 1 for part in text.split(","))
+    except ValueError:
+        valid = False
+    if not valid:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of helper counts >= 1")
+    return text
 
 
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     parser = bench_subparsers.add_parser("sandbox", help="sandbox latency p50/p95 vs a fresh python -c; throughput")
-    parser.add_argument("--calls", type=int, default=200, help="measured calls of each kind (interleaved)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each throughput measurement")
-    parser.add_argument("--helpers", default="1,2,4", help="helper counts for the throughput measurement")
+    parser.add_argument("--calls", type=positive_int, default=200, help="measured calls of each kind (interleaved)")
+    parser.add_argument("--seconds", type=positive_float, default=2.0, help="duration of each throughput measurement")
+    parser.add_argument("--helpers", type=helper_counts, default="1,2,4", help="helper counts for the throughput measurement")
     parser.add_argument("--snippet", default=DEFAULT_SNIPPET, help="the code that is timed")
     parser.set_defaults(func=run_bench_sandbox)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from spo_agents.cli.errors import UserError
 
 __all__ = [
-    "positive_int", "non_negative_int", "non_negative_float", "unit_interval", "port_number",
+    "positive_int", "non_negative_int", "positive_float", "non_negative_float", "unit_interval", "port_number",
     "check_model_spec", "check_env", "check_output_dir", "check_file", "check_parent_folder", "check_device",
     "check_run_config",
 ]
@@ -41,6 +41,7 @@ def _typed(convert: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str
 
 positive_int = _typed(int, lambda v: v >= 1, "a whole number >= 1")
 non_negative_int = _typed(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = _typed(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 non_negative_float = _typed(float, lambda v: v >= 0 and v != float("inf"), "a finite number >= 0")
 unit_interval = _typed(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 port_number = _typed(int, lambda v: 0 <= v <= 65535, "a port number in 0..65535")

@@ -99,6 +99,12 @@ CASES = [
     (["serve", "--model", "tiny", "--weights-dir", "oldrun"], "needs an API key"),
     (["serve", "--model", "tiny", "--api-key-file", "nosuch.key"], "cannot read it"),
     (["serve", "--model", "tiny", "--api-key-file", "empty.key"], "is empty"),
+    # benchmarks
+    (["bench", "generation", "--model", "/no/such/model"], "--model: no such model folder or checkpoint"),
+    (["bench", "generation", "--model", "tiny", "--requests", "0"], "argument --requests"),
+    (["bench", "envs", "--grades", "-1"], "argument --grades"),
+    (["bench", "sandbox", "--helpers", "1,x"], "argument --helpers"),
+    (["bench", "sandbox", "--calls", "0"], "argument --calls"),
     # the top level
     ([], "the following arguments are required: COMMAND"),
     (["nosuch"], "invalid choice: 'nosuch'"),
