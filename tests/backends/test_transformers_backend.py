@@ -237,9 +237,9 @@ def test_asyncio_callers_and_cancellation(backend):
     results = asyncio.run(main())
     assert all(len(r.token_ids) == 24 for r in results)
     deadline = time.monotonic() + 10
-    while backend._batch is not None and time.monotonic() < deadline:  # the cancelled row leaves the batch
+    while backend.active_rows and time.monotonic() < deadline:  # the cancelled row leaves the batch
         time.sleep(0.01)
-    assert backend._batch is None
+    assert backend.active_rows == 0
 
 
 def test_context_window_and_close(model, tokenizer):
@@ -283,3 +283,56 @@ def test_on_gpu_batched_greedy_and_logprobs(tokenizer):
     for prompt, result in zip(prompts, sampled):
         reference = teacher_forced_logprobs(cpu_model, prompt, result.token_ids)
         assert max(abs(a - b) for a, b in zip(reference, result.logprobs)) < 1e-4
+
+
+def test_shared_prompts_and_prefix_are_computed_once_with_the_same_results(model, tokenizer):
+    fmt = ChatFormatter(tokenizer)
+    questions = [f"What is {a}+{b}?" for a, b in ((3, 4), (17, 25), (9, 90))]
+    prompts = [fmt.initial_prompt_ids([{"role": "user", "content": q}]) for q in questions for _ in range(4)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=())
+    with TransformersBackend(model, tokenizer, min_shared_prefix=0) as plain:  # one at a time: nothing shared
+        expected = [plain.generate_many([p], params)[0] for p in prompts]
+        assert plain.stats["prefill_tokens"] == plain.stats["prompt_tokens"]
+    with TransformersBackend(model, tokenizer) as shared:
+        results = shared.generate_many(prompts, params)
+        later = shared.generate_many([prompts[0]], params)[0]  # alone: reuses the kept prefix
+        stats = shared.stats
+    assert [r.token_ids for r in results] == [r.token_ids for r in expected] and later.token_ids == expected[0].token_ids
+    assert stats["prefill_tokens"] < stats["prompt_tokens"] / 3  # 12 prompts, 3 distinct, one shared header
+    for prompt, result in zip(prompts[::4], results[::4]):
+        reference = teacher_forced_logprobs(model, prompt, result.token_ids)
+        assert max(abs(a - b) for a, b in zip(reference, result.logprobs)) < 1e-4
+
+
+def test_uneven_requests_leave_the_batch_as_they_finish_and_match_single_decoding(model, tokenizer):
+    rng = random.Random(21)
+    prompts = random_prompts(12, seed=21, low=3, high=150)  # longer prompts arrive later: the cache moves right
+    budgets = [rng.randint(1, 90) for _ in prompts]
+    with TransformersBackend(model, tokenizer) as be:
+        alone = [be.generate_many([p], SamplingParams(temperature=0.0, max_new_tokens=m, stop_token_ids=()))[0]
+                 for p, m in zip(prompts, budgets)]
+        steps_before, rows_before = be.stats["decode_steps"], be.stats["batch_rows"]
+        futures = []
+        for prompt, budget in zip(prompts, budgets):
+            futures.append(be.submit(prompt, SamplingParams(temperature=0.0, max_new_tokens=budget, stop_token_ids=())))
+            time.sleep(0.01)  # staggered arrivals join a running batch
+        together = [f.result(timeout=120) for f in futures]
+        rows = be.stats["batch_rows"] - rows_before
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert all(len(r.token_ids) == m for r, m in zip(together, budgets))
+    # every decode-step row produced a token someone asked for (the first comes from the prefill)
+    assert rows == sum(m - 1 for m in budgets) and be.stats["decode_steps"] - steps_before < sum(budgets)
+
+
+def test_stop_checks_do_python_work_only_for_flagged_rows(model, tokenizer):
+    calls = []
+    with TransformersBackend(model, tokenizer) as be:
+        check = be._check_stop
+        be._check_stop = lambda request, token_ids: calls.append(1) or check(request, token_ids)
+        params = SamplingParams(temperature=1.0, max_new_tokens=40, stop_token_ids=(), stop_strings=("</tool_call>",))
+        results = be.generate_many(random_prompts(32, seed=22), params)
+    finished_by_length = sum(r.finish_reason is FinishReason.LENGTH for r in results)
+    # one check per finished row plus the rows whose token could end "</tool_call>" (contains ">"),
+    # not one per row and step (32 x 40)
+    assert finished_by_length + sum(r.finish_reason is not FinishReason.LENGTH for r in results) == 32
+    assert len(calls) < 32 * 40 / 5
