@@ -89,7 +89,10 @@ class ChainCalcEnv(ToolEnv):
     `num_tasks` (2000), `seed` (0), `heldout_fraction` (0.2), `split` ("train"/"heldout"),
     `digits` (4, operand size), `min_steps` (1), `max_steps` (64), `tail_index` (1.0; smaller is
     heavier-tailed), `partial_credit` (False), `max_turns` (default `3 * max_steps + 8`, enough
-    for two turns per step and a few retries), plus every `ToolEnv` argument.
+    for two turns per step and a few retries), `instructions` (True; False drops the paragraph of
+    instructions from the first message, which then is only "Step 1 of N: ...": for small models
+    trained from scratch, which learn the protocol from demonstrations; the tasks and splits are
+    the same either way), plus every `ToolEnv` argument.
 
     ## Version history
     - v0: initial release.
@@ -97,10 +100,10 @@ class ChainCalcEnv(ToolEnv):
 
     def __init__(self, num_tasks: int = 2000, seed: int = 0, heldout_fraction: float = 0.2, split: str = "train",
                  digits: int = 4, min_steps: int = 1, max_steps: int = 64, tail_index: float = 1.0,
-                 partial_credit: bool = False, max_turns: int | None = None, **kwargs):
+                 partial_credit: bool = False, max_turns: int | None = None, instructions: bool = True, **kwargs):
         config = ChainConfig(digits=digits, min_steps=min_steps, max_steps=max_steps, tail_index=tail_index)
         super().__init__(
-            chaincalc_splits(num_tasks, seed, heldout_fraction, config),
+            chaincalc_splits(num_tasks, seed, heldout_fraction, config, instructions),
             tools=[calculator],
             split=split,
             system_prompt=kwargs.pop("system_prompt", SYSTEM_PROMPT),

@@ -101,13 +101,18 @@ def draw_step(rng: np.random.Generator, value: int, digits: int) -> tuple[str, i
     return op, operand
 
 
-def chain_prompt(start: int, steps: list[list]) -> str:
+def chain_prompt(start: int, steps: list[list], instructions: bool = True) -> str:
+    """The first user message; `instructions=False` keeps only the step line (for a small model
+    trained from scratch, which cannot use the paragraph of instructions and gets them from
+    demonstrations instead)."""
     op, operand = steps[0]
+    first = f"Step 1 of {len(steps)}: {FIRST_STEP_TEXT[op].format(a=start, b=operand)}."
+    if not instructions:
+        return first
     return (
         f"This is a chain of {len(steps)} calculation steps, revealed one at a time. For each step, use the "
         "calculator, then reply without a tool call with the result of that step in \\boxed{} to receive the "
-        f"next step. The chain ends after step {len(steps)}.\n\n"
-        f"Step 1 of {len(steps)}: {FIRST_STEP_TEXT[op].format(a=start, b=operand)}."
+        f"next step. The chain ends after step {len(steps)}.\n\n" + first
     )
 
 
@@ -117,8 +122,12 @@ def step_text(index: int, steps: list[list]) -> str:
     return f"Step {index + 1} of {len(steps)}: {STEP_TEXT[op].format(b=operand)}."
 
 
-def generate_tasks(num_tasks: int = 2000, seed: int = 0, config: ChainConfig | None = None) -> list[Task]:
-    """`num_tasks` chains with ids `chain-{index:05d}` (an id whose prompt repeats is skipped)."""
+def generate_tasks(num_tasks: int = 2000, seed: int = 0, config: ChainConfig | None = None,
+                   instructions: bool = True) -> list[Task]:
+    """`num_tasks` chains with ids `chain-{index:05d}` (an id whose prompt repeats is skipped).
+
+    Repeats are judged on the full prompt with instructions whatever `instructions` says, so the
+    task set (and the train/held-out split) does not depend on how the prompt is worded."""
     config = config or ChainConfig()
     tasks, prompts = [], set()
     for index in range(num_tasks):
@@ -130,15 +139,16 @@ def generate_tasks(num_tasks: int = 2000, seed: int = 0, config: ChainConfig | N
             op, operand = draw_step(rng, value, config.digits)
             value = apply(op, value, operand)
             steps.append([op, operand])
-        prompt = chain_prompt(start, steps)
-        if prompt in prompts:  # an identical prompt would leak across the splits
+        key = chain_prompt(start, steps)
+        if key in prompts:  # an identical prompt would leak across the splits
             continue
-        prompts.add(prompt)
+        prompts.add(key)
+        prompt = key if instructions else chain_prompt(start, steps, instructions=False)
         tasks.append(Task(task_id=f"chain-{index:05d}", prompt=prompt, answer=str(value),
                           metadata={"start": start, "steps": steps, "length": length, "digits": config.digits}))
     return tasks
 
 
 def chaincalc_splits(num_tasks: int = 2000, seed: int = 0, heldout_fraction: float = 0.2,
-                     config: ChainConfig | None = None):
-    return split_tasks(generate_tasks(num_tasks, seed, config), heldout_fraction)
+                     config: ChainConfig | None = None, instructions: bool = True):
+    return split_tasks(generate_tasks(num_tasks, seed, config, instructions), heldout_fraction)

@@ -83,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
 
     ev = subparsers.add_parser("eval", help="pass@k, maj@k, avg@k on held-out tasks")
-    ev.add_argument("--env", default="spo/Calculator-v0")
+    ev.add_argument("--env", default=None, help="environment id (default: a checkpoint's run's env_id and "
+                    "env_kwargs, which --env-arg then overrides; otherwise spo/Calculator-v0)")
     ev.add_argument("--model", default="tiny", help="model spec or a run's checkpoint folder (model.safetensors)")
     ev.add_argument("--base-model", default=None, help="model spec of a checkpoint's base (default: from its run)")
     ev.add_argument("--tasks", type=positive_int, default=64, help="held-out tasks evaluated (the first N)")
@@ -161,6 +162,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_env(model: str) -> tuple[str, dict]:
+    """The env_id and env_kwargs a checkpoint's run trained on (its config.yaml), so that `eval`
+    of a checkpoint scores the tasks the run's summary did; spo/Calculator-v0 for anything else."""
+    run_config = Path(model).parent.parent / "config.yaml"
+    if (Path(model) / "model.safetensors").is_file() and run_config.is_file():
+        import yaml
+
+        saved = yaml.safe_load(run_config.read_text()) or {}
+        return saved.get("env_id", "spo/Calculator-v0"), dict(saved.get("env_kwargs") or {})
+    return "spo/Calculator-v0", {}
+
+
 def _check_eval_model(model: str, base_model: str | None) -> None:
     """A model spec, or a run checkpoint (model.safetensors, no config.json) with a known base."""
     path = Path(model)
@@ -181,6 +194,9 @@ def run_eval(args: argparse.Namespace) -> int:
     env_kwargs = dict(parse_overrides(args.env_arg))
     if any("." in key for key in env_kwargs):
         raise UserError(f"--env-arg takes KEY=VALUE with a plain key, got {sorted(env_kwargs)}")
+    if args.env is None:
+        args.env, run_kwargs = _run_env(args.model)
+        env_kwargs = {**run_kwargs, **env_kwargs}
     check_env(args.env, env_kwargs, (args.split,))
     _check_eval_model(args.model, args.base_model)
     if args.json_out:

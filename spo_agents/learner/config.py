@@ -126,6 +126,9 @@ class TrackerConfig(_Config):
 class SamplerConfig(_Config):
     """Prioritised task sampling: w = sqrt(v(1-v)) / N_eff**gamma + eps."""
 
+    prioritized: bool = Field(
+        True, description="false: every task equally likely (uniform sampling; an ablation of the priority)"
+    )
     eps: float = Field(0.05, ge=0, description="exploration floor added to every task's weight")
     gamma: float = Field(
         0.0, ge=0, description="N_eff exponent: >0 favours tasks with fewer effective observations"

@@ -54,6 +54,7 @@ class TaskSampler:
         gamma: float = 0.0,
         max_in_flight_per_task: int | None = 1,
         seed: int = 0,
+        prioritized: bool = True,
     ):
         if not task_ids:
             raise ValueError("a sampler needs at least one task")
@@ -68,6 +69,7 @@ class TaskSampler:
         self.eps = eps
         self.gamma = gamma
         self.max_in_flight_per_task = max_in_flight_per_task
+        self.prioritized = prioritized
         self.rng = np.random.default_rng(seed)
         self._index = {task_id: i for i, task_id in enumerate(self.task_ids)}
         self._in_flight: Counter[TaskId] = Counter()
@@ -77,12 +79,16 @@ class TaskSampler:
         cls, task_ids: Sequence[TaskId], tracker: ValueTracker, config: SamplerConfig
     ) -> "TaskSampler":
         return cls(
-            task_ids, tracker, config.eps, config.gamma, config.max_in_flight_per_task, config.seed
+            task_ids, tracker, config.eps, config.gamma, config.max_in_flight_per_task, config.seed,
+            config.prioritized,
         )
 
     # ---- weights -------------------------------------------------------------------------
     def weights(self) -> np.ndarray:
-        """Priority weight of every task, in `task_ids` order; shape (N,)."""
+        """Priority weight of every task, in `task_ids` order; shape (N,) (all ones when the
+        sampler is not prioritized)."""
+        if not self.prioritized:
+            return np.ones(len(self.task_ids))
         return priority_weights(
             self.tracker.values(self.task_ids),
             self.tracker.n_effs(self.task_ids),

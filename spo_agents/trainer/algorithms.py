@@ -43,6 +43,8 @@ class Batch:
     advantages: list[float]
     weights: list[float]
     metrics: dict[str, float] = field(default_factory=dict)
+    baselines: list[float] = field(default_factory=list)  # what each reward was compared with (SPO: v_before,
+    # GRPO: its group's mean reward), so a callback can see the raw advantage r - b and the tracker's calibration
 
 
 def staleness_weight(episode: Episode, learner_version: int, config: TrainConfig) -> float:
@@ -105,7 +107,7 @@ class SPOAlgorithm:
                    "value/mean_before": float(values.mean()), "value/calibration_error": float(np.mean(
                        np.abs(values - rewards)))}
         metrics.update(_staleness_metrics(episodes, version))
-        return Batch(episodes, samples, [float(a) for a in advantages], weights, metrics)
+        return Batch(episodes, samples, [float(a) for a in advantages], weights, metrics, values.tolist())
 
     def learner_step(self, updater: PolicyUpdater, batch: Batch) -> dict[str, float]:
         """The update (collect: forward/backward of the batch; accumulate: gradients already summed on
@@ -193,5 +195,6 @@ class GRPOAlgorithm:
         weights = [staleness_weight(e, version, self.config) for e in episodes]
         metrics = {"grpo/degenerate_group_frac": degenerate / max(len(groups), 1)}
         metrics.update(_staleness_metrics(episodes, version))
+        means = [float(np.mean([e.reward for e in group])) for group in groups for _ in group]
         return Batch(episodes, [e.training_view() for e in episodes], [float(a) for a in advantages], weights,
-                     metrics)
+                     metrics, means)

@@ -11,7 +11,7 @@ import re
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -93,9 +93,27 @@ class DirectAnswers(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    fraction: float = pydantic.Field(0.0, ge=0, le=1, description="share of the matching tasks answered directly")
+    fraction: float = pydantic.Field(0.0, ge=0, le=1, description="share of the matching tasks (scope task) or "
+                                     "tool calls (scope call) answered directly")
     where: dict[str, Any] = pydantic.Field(default_factory=dict, description="only tasks whose metadata has "
                                            "these values, e.g. {template: product} (empty: every task)")
+    scope: Literal["task", "call"] = pydantic.Field(
+        "task", description="task: the whole task is answered at once; call: each tool call is skipped "
+        "independently and the step's reply given in its place (multi-turn environments)")
+    pattern: str | None = pydantic.Field(None, description="scope call: only tool calls whose text matches "
+                                         "this regex, e.g. ' [+-] ' (default: every call)")
+
+    @pydantic.model_validator(mode="after")
+    def _check_pattern(self) -> "DirectAnswers":
+        if self.pattern is None:
+            return self
+        if self.scope != "call":
+            raise ValueError("direct_answers.pattern selects tool calls: it needs scope: call")
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"direct_answers.pattern is not a valid regex: {exc}") from None
+        return self
 
 
 class SFTConfig(pydantic.BaseModel):
@@ -108,6 +126,9 @@ class SFTConfig(pydantic.BaseModel):
     tiny_layers: int = pydantic.Field(2, ge=1, description="layers when model is tiny")
     tiny_digit_tokens: bool = pydantic.Field(True, description="tiny: split every digit into its own token "
                                              "(see build_digit_tokenizer)")
+    tiny_tokenizer_env_episodes: int = pydantic.Field(
+        0, ge=0, description="when model is tiny: add the text of this many oracle episodes (train split) to the "
+        "tokenizer's corpus, so the env's words are whole tokens (0: the generic corpus only)")
     chat_template: str | None = pydantic.Field(
         None, description="bundled chat template for the demonstrations and the saved model; default: "
         "chatml_compact for tiny (no system turn or tool schemas), the model's own otherwise")
@@ -122,7 +143,8 @@ class SFTConfig(pydantic.BaseModel):
     lr: float = pydantic.Field(3e-3, gt=0, description="AdamW learning rate (cosine decay to 10%)")
     weight_decay: float = pydantic.Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = pydantic.Field(1.0, gt=0, description="max global gradient norm")
-    microbatch_tokens: int = pydantic.Field(8192, ge=16, description="token budget of one micro-batch (padded)")
+    microbatch_tokens: int = pydantic.Field(1024, ge=16, description="token budget of one micro-batch (padded; "
+                                            "rows are grouped by length, so a small budget pads less)")
     device: str = pydantic.Field("cpu", description="cpu | cuda")
     seed: int = pydantic.Field(0, description="seed of the demonstrations, model and shuffling")
     output_dir: str = pydantic.Field("runs/sft", description="folder for the warm-started model")
@@ -131,6 +153,13 @@ class SFTConfig(pydantic.BaseModel):
     @classmethod
     def _check_device(cls, value: str) -> str:
         return check_device(value)
+
+    @pydantic.model_validator(mode="after")
+    def _check_tokenizer_corpus(self) -> "SFTConfig":
+        if self.tiny_tokenizer_env_episodes and not self.tiny_digit_tokens:
+            raise ValueError("tiny_tokenizer_env_episodes trains the tiny model's digit tokenizer: it needs "
+                             "tiny_digit_tokens: true")
+        return self
 
 
 class TrainConfig(pydantic.BaseModel):
@@ -163,6 +192,9 @@ class TrainConfig(pydantic.BaseModel):
                                  "docs/custom-environments.md)")
     env_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict, description="keyword arguments of the env")
     steps: int = pydantic.Field(20, ge=1, description="learner steps")
+    train_tasks: int | None = pydantic.Field(
+        None, ge=1, description="train on the first N tasks of the train split, revisited over the run "
+        "(a fixed pool, as SPO's paper trains for epochs; estimate-values uses the same pool); null: all")
     batch_size: int = pydantic.Field(16, ge=1, description="episodes per learner step (B)")
     group_size: int = pydantic.Field(4, ge=1, description="GRPO group size (G); B must be a multiple")
     grpo_mode: GRPOMode = pydantic.Field(GRPOMode.BATCH, description="GRPO: batch (synchronous) | group (gated)")

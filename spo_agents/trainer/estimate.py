@@ -14,14 +14,14 @@ from spo_agents.learner import read_value_table, write_value_table
 from spo_agents.rollout.config import RolloutMode
 from spo_agents.rollout.engine import RolloutEngine
 from spo_agents.trainer.config import TrainConfig
-from spo_agents.trainer.parts import build_policy, seed_everything, task_ids
+from spo_agents.trainer.parts import build_policy, seed_everything, train_task_ids
 
 
 async def estimate_values(config: TrainConfig, out: str | Path, n0: int = 8, max_tasks: int | None = None,
                           chunk_tasks: int = 16) -> int:
     out = Path(out)
     done = set(read_value_table(out)) if out.exists() else set()
-    todo = [t for t in task_ids(config.env_id, config.env_kwargs, "train")[:max_tasks] if t not in done]
+    todo = [t for t in train_task_ids(config)[:max_tasks] if t not in done]
     seed_everything(config.seed)
     policy = build_policy(config.model, config.device, config.seed)
     rollout = config.rollout.model_copy(update={"mode": RolloutMode.BATCH, "group_size": n0})

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spo_agents.backends.base import Backend
+from spo_agents.backends.base import Backend, FinishReason
 from spo_agents.grading import extract_boxed, strip_tool_calls
 from spo_agents.rollout.config import RolloutConfig, RolloutMode
 from spo_agents.rollout.engine import Formatter, RolloutEngine
@@ -69,6 +69,8 @@ def score(episodes: list[Episode], ks: Sequence[int]) -> dict[str, float]:
     metrics["accuracy"] = float(np.mean([r >= 1.0 for r in rewards]))
     metrics["reward"] = float(np.mean(rewards))
     metrics["turns/mean"] = float(np.mean([len(e.turns) for e in episodes]))
+    metrics["tool_calls/mean"] = float(np.mean([sum(t.finish_reason is FinishReason.TOOL_CALL for t in e.turns)
+                                                for e in episodes]))
     metrics["errors"] = float(sum(e.error is not None for e in episodes))
     return metrics
 

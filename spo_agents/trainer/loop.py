@@ -35,7 +35,7 @@ from spo_agents.trainer.config import Algo, GRPOMode, LearnerParallel, SPOUpdate
 from spo_agents.trainer.evaluate import evaluate
 from spo_agents.trainer.metrics import MetricsLogger
 from spo_agents.trainer.parts import (build_policy, eval_task_ids, resolve_env_id, seed_everything,
-                                     state_dict_for_backend, task_ids)
+                                     state_dict_for_backend, train_task_ids)
 from spo_agents.trainer.sft import ensure_warm_start
 from spo_agents.trainer.stats import difference_interval
 from spo_agents.trainer.tasks import PrioritisedTasks, UniformTasks
@@ -46,6 +46,9 @@ from spo_agents.trainer.transcripts import write_transcripts
 def heldout_gain(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Held-out accuracy before and after training, the gain and its 95% Newcombe interval."""
     summary: dict[str, Any] = {"accuracy_before": before.get("eval/accuracy"), "accuracy_after": after.get("eval/accuracy")}
+    for name, key in (("tool_calls_per_episode", "eval/tool_calls/mean"), ("turns_per_episode", "eval/turns/mean")):
+        if key in before and key in after:  # what the agent does, not only whether it succeeds
+            summary[f"{name}_before"], summary[f"{name}_after"] = before[key], after[key]
     if before and after:
         n_before, n_after = int(before["eval/tasks"]), int(after["eval/tasks"])
         low, high = difference_interval(round(before["eval/accuracy"] * n_before), n_before,
@@ -67,7 +70,7 @@ class Trainer:
         as_given = config  # what config.yaml records (env_id as the user wrote it)
         # environment and splits are checked before anything expensive (warm start, model) loads
         self.config = config = config.model_copy(update={"env_id": resolve_env_id(config.env_id)})
-        self.train_ids = task_ids(config.env_id, config.env_kwargs, "train")
+        self.train_ids = train_task_ids(config)
         self.eval_ids = eval_task_ids(config) if config.eval.enabled else []
         if config.warm_start is not None and not resume:
             ensure_warm_start(config.model, config.warm_start, log=lambda line: print(line, flush=True))

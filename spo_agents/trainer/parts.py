@@ -145,6 +145,18 @@ def task_ids(env_id: str, env_kwargs: dict[str, Any], split: str) -> list[str]:
         env.close()
 
 
+def train_task_ids(config: Any) -> list[str]:
+    """The training pool of a TrainConfig: the train split, or its first `train_tasks` ids
+    (a fixed pool revisited over the run, as SPO's paper trains for epochs over a fixed set)."""
+    ids = task_ids(config.env_id, config.env_kwargs, "train")
+    if config.train_tasks is None:
+        return ids
+    if config.train_tasks > len(ids):
+        raise SetupError(f"train_tasks is {config.train_tasks} but {config.env_id} has only {len(ids)} train tasks "
+                         "with these env_kwargs")
+    return ids[: config.train_tasks]
+
+
 def eval_task_ids(config: Any) -> list[str]:
     """The evaluation tasks of a TrainConfig (`eval.split`, first `eval.num_tasks` by id).
 

@@ -28,10 +28,12 @@ unchanged, so a training config starts from it with `model: <folder>`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +60,7 @@ class Demonstration:
     reward: float
 
 
-def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
+def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0, extra_corpus: list[str] | None = None) -> Any:
     """The tiny preset's tokenizer (same corpus, special and added tokens, chat template), except
     that every digit is its own token.
 
@@ -66,6 +68,9 @@ def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
     same number inside a tool call is `5`,`20`; copying a number from the problem into the call
     then means learning a separate token-to-token mapping for every number. With digits split,
     copying is the same operation for every number, which a small model learns in minutes.
+
+    `extra_corpus` (e.g. `env_text_corpus`) is added to the BPE training text, so the words of
+    the environment's prompts and replies become few whole tokens instead of many fragments.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -79,16 +84,43 @@ def build_digit_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(TINY_SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(tiny_corpus(seed), trainer=trainer)
+    backend.train_from_iterator(itertools.chain(tiny_corpus(seed), extra_corpus or []), trainer=trainer)
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TINY_ADDED_TOKENS])
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=load_template("chatml_tools"))
 
 
+def env_text_corpus(env_id: str, env_kwargs: dict[str, Any], num_episodes: int, seed: int = 0) -> list[str]:
+    """The text of `num_episodes` oracle episodes on train tasks: prompts, actions, observations.
+
+    Only the train split is played, so the tokenizer learns nothing about held-out tasks."""
+    import spo_agents  # noqa: F401  (environment registration)
+
+    env = gymnasium.make(env_id, **{**env_kwargs, "split": "train"})
+    try:
+        ids = sorted(env.unwrapped.splits["train"].ids)
+        random.Random(seed).shuffle(ids)
+        texts: list[str] = []
+        for task_id in ids[:num_episodes]:
+            observation, _ = env.reset(options={"task_id": task_id})
+            texts.append(observation)
+            while True:
+                action = env.unwrapped.oracle_action()
+                observation, _, terminated, truncated, _ = env.step(action)
+                texts += [action, observation]
+                if terminated or truncated:
+                    break
+    finally:
+        env.close()
+    return texts
+
+
 def build_base(config: SFTConfig) -> LoadedModel:
     """The model to warm-start: `tiny` at the configured size, otherwise `load_model(spec)`."""
     if config.model == "tiny":
-        tokenizer = build_digit_tokenizer(seed=config.seed) if config.tiny_digit_tokens \
+        corpus = env_text_corpus(config.env_id, config.env_kwargs, config.tiny_tokenizer_env_episodes, config.seed) \
+            if config.tiny_tokenizer_env_episodes else None
+        tokenizer = build_digit_tokenizer(seed=config.seed, extra_corpus=corpus) if config.tiny_digit_tokens \
             else build_tiny_tokenizer(seed=config.seed)
         model = build_tiny_model(tokenizer, seed=config.seed, hidden_size=config.tiny_hidden_size,
                                  num_layers=config.tiny_layers, initializer_range=0.02)
@@ -104,13 +136,19 @@ def chat_template_for(config: SFTConfig, loaded: LoadedModel) -> str | None:
     return "chatml_compact" if config.model == "tiny" else loaded.tool_template
 
 
+NextAction = Callable[[Any], str]  # the demonstrator's next turn, given the (wrapped) env
+
+
 def oracle_demonstration(env: Any, formatter: ChatFormatter, task_id: str, direct: bool = False) -> Demonstration:
     """Play the env's scripted policy on one task; tokens exactly as the rollout engine lays them out.
 
     `direct=True` demonstrates only the oracle's final reply, as the first turn: the answer
     given at once, without a tool call (the demonstrator knows it; a small student cannot).
     """
-    return _demonstrate(env, formatter, task_id, _oracle_actions(env, task_id)[-1:] if direct else None)
+    if not direct:
+        return _demonstrate(env, formatter, task_id, lambda e: e.unwrapped.oracle_action())
+    final = _oracle_actions(env, task_id)[-1]
+    return _demonstrate(env, formatter, task_id, lambda e: final, max_turns=1)
 
 
 def _oracle_actions(env: Any, task_id: str) -> list[str]:
@@ -123,16 +161,48 @@ def _oracle_actions(env: Any, task_id: str) -> list[str]:
             return actions
 
 
-def _demonstrate(env: Any, formatter: ChatFormatter, task_id: str, actions: list[str] | None) -> Demonstration:
-    """One episode's tokens and loss mask; `actions` None asks the oracle turn by turn."""
+def skipping_tool_calls(pattern: str | None, fraction: float, rng: random.Random) -> NextAction:
+    """The oracle, except that a `fraction` of its tool calls (those matching `pattern`, a regex
+    searched in the call's text; None: all) are replaced by the reply the oracle gives once the
+    call has returned: the demonstrator does that step in its head.
+
+    The reply is found by playing the call on a copy of the environment; a call whose follow-up
+    is another tool call is kept (only a call followed by a reply can be skipped)."""
+    matcher = re.compile(pattern) if pattern else None
+
+    def next_action(env: Any) -> str:
+        action = env.unwrapped.oracle_action()
+        if not _is_tool_call(action) or (matcher and not matcher.search(action)) or rng.random() >= fraction:
+            return action
+        ahead = _copy_env(env.unwrapped)
+        _, _, terminated, truncated, _ = ahead.step(action)
+        reply = None if terminated or truncated else ahead.oracle_action()
+        return action if reply is None or _is_tool_call(reply) else reply
+
+    return next_action
+
+
+def _copy_env(env: Any) -> Any:
+    """A deep copy of an environment that shares its (read-only, possibly large) task splits."""
+    splits = getattr(env, "splits", None)
+    return copy.deepcopy(env, memo={id(splits): splits} if splits is not None else None)
+
+
+def _is_tool_call(action: str) -> bool:
+    return "<tool_call>" in action
+
+
+def _demonstrate(env: Any, formatter: ChatFormatter, task_id: str, next_action: NextAction,
+                 max_turns: int | None = None) -> Demonstration:
+    """One episode's tokens and loss mask, the demonstrator choosing each turn."""
     observation, info = env.reset(options={"task_id": task_id})
     messages = [{"role": "user", "content": observation}]
     if info.get("system_prompt"):
         messages.insert(0, {"role": "system", "content": info["system_prompt"]})
     prompt = formatter.initial_prompt_ids(messages, info.get("tools", []))
     token_ids, loss_mask, reward = list(prompt), [0] * len(prompt), 0.0
-    for turn in itertools.count():
-        action = env.unwrapped.oracle_action() if actions is None else actions[turn]
+    for turn in itertools.count(1):
+        action = next_action(env)
         completion = formatter.encode(action)
         if not _ends_with_tool_call(formatter, completion) and formatter.end_of_turn_id is not None:
             completion.append(formatter.end_of_turn_id)  # a final reply stops at end-of-turn
@@ -142,7 +212,7 @@ def _demonstrate(env: Any, formatter: ChatFormatter, task_id: str, actions: list
         reward += float(step_reward)
         if terminated or truncated:
             return Demonstration(task_id, token_ids, loss_mask, reward)
-        if actions is not None and turn == len(actions) - 1:
+        if max_turns is not None and turn == max_turns:
             raise ValueError(f"task {task_id}: the episode goes on after the demonstrated actions (a direct "
                              "answer needs an environment whose final reply ends the episode)")
         observation_ids = formatter.observation_ids(info.get("messages") or [], completion)
@@ -158,7 +228,8 @@ def _ends_with_tool_call(formatter: ChatFormatter, completion: list[int]) -> boo
 def demonstrations(formatter: ChatFormatter, env_id: str, env_kwargs: dict[str, Any], num_demos: int,
                    seed: int = 0, direct: DirectAnswers | None = None) -> list[Demonstration]:
     """Oracle demonstrations on `num_demos` distinct tasks drawn from the train split (never
-    held-out); with `direct`, a seeded share of the matching tasks is answered at once."""
+    held-out); with `direct`, a seeded share of the matching tasks (scope task) or of their
+    tool calls (scope call) is answered without the tool."""
     import spo_agents  # noqa: F401  (environment registration)
 
     env = gymnasium.make(env_id, **{**env_kwargs, "split": "train"})
@@ -169,7 +240,7 @@ def demonstrations(formatter: ChatFormatter, env_id: str, env_kwargs: dict[str, 
         ids = sorted(train.ids)
         rng = random.Random(seed)
         rng.shuffle(ids)
-        demos = [oracle_demonstration(env, formatter, task_id, _answers_directly(direct, train.get(task_id), rng))
+        demos = [_demonstrate_task(env, formatter, task_id, direct, train.get(task_id), rng)
                  for task_id in ids[:num_demos]]
     finally:
         env.close()
@@ -179,11 +250,17 @@ def demonstrations(formatter: ChatFormatter, env_id: str, env_kwargs: dict[str, 
     return demos
 
 
-def _answers_directly(direct: DirectAnswers | None, task: Any, rng: random.Random) -> bool:
-    if direct is None or direct.fraction == 0:
-        return False
-    matches = all(task.metadata.get(key) == value for key, value in direct.where.items())
-    return matches and rng.random() < direct.fraction
+def _demonstrate_task(env: Any, formatter: ChatFormatter, task_id: str, direct: DirectAnswers | None, task: Any,
+                      rng: random.Random) -> Demonstration:
+    if direct is None or direct.fraction == 0 or not _matches(direct.where, task):
+        return oracle_demonstration(env, formatter, task_id)
+    if direct.scope == "call":
+        return _demonstrate(env, formatter, task_id, skipping_tool_calls(direct.pattern, direct.fraction, rng))
+    return oracle_demonstration(env, formatter, task_id, direct=rng.random() < direct.fraction)
+
+
+def _matches(where: dict[str, Any], task: Any) -> bool:
+    return all(task.metadata.get(key) == value for key, value in where.items())
 
 
 def shared_prefix_length(demos: list[Demonstration]) -> int:
@@ -228,10 +305,12 @@ def demonstration_loss(model: torch.nn.Module, demos: list[Demonstration], micro
                        device: str = "cpu", backward: bool = False) -> float:
     """Token-mean cross-entropy of the assistant tokens (backward() on it when asked)."""
     total_tokens = float(sum(sum(d.loss_mask) for d in demos))
+    # the prefix shared by the whole batch, not by each micro-batch: the gradient then does not depend
+    # on how the batch is cut (a micro-batch of similar rows would share, and freeze, part of their prompts)
+    prefix = shared_prefix_length(demos)
     loss_sum = 0.0
     for indices in microbatches([len(d.token_ids) for d in demos], microbatch_tokens):
         rows = [demos[i] for i in indices]
-        prefix = shared_prefix_length(rows)
         logprobs = _suffix_logprobs(model, rows, prefix, device)
         width = logprobs.shape[1] + 1
         mask = torch.tensor([d.loss_mask[prefix + 1:] + [0] * (width - len(d.loss_mask) + prefix) for d in rows],

@@ -32,3 +32,16 @@ def difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
     diff = p_b - p_a
     return (float(diff - np.sqrt((p_b - low_b) ** 2 + (high_a - p_a) ** 2)),
             float(diff + np.sqrt((high_b - p_b) ** 2 + (p_a - low_a) ** 2)))
+
+
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1-10); normal beyond
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float] | None:
+    """95% Student-t interval of the mean of a few values (e.g. one per seed); None below two."""
+    if len(values) < 2:
+        return None
+    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
+    half = _T95.get(len(values) - 1, 1.96) * sem
+    return mean - half, mean + half

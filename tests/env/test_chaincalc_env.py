@@ -157,3 +157,21 @@ def test_turn_limit_is_truncation(partial_credit, expected):
 )
 def test_reported_value(reply, value):
     assert reported_value(reply) == value
+
+
+def test_without_instructions_the_prompt_is_the_first_step_and_the_tasks_are_the_same():
+    kwargs = {"digits": 1, "max_steps": 6, "num_tasks": 400}
+    plain = gymnasium.make("spo/ChainCalc-v0", **kwargs, instructions=False).unwrapped
+    full = gymnasium.make("spo/ChainCalc-v0", **kwargs).unwrapped
+    for split in ("train", "heldout"):
+        assert [t.task_id for t in plain.splits[split]] == [t.task_id for t in full.splits[split]]
+        for short, long in zip(plain.splits[split], full.splits[split]):
+            assert short.prompt.startswith("Step 1 of ") and long.prompt.endswith("\n\n" + short.prompt)
+            assert short.answer == long.answer
+    observation, _ = plain.reset(options={"task_id": plain.splits["train"][0].task_id})
+    assert observation == plain.splits["train"][0].prompt
+    while True:  # the oracle still solves it: the protocol does not depend on the wording
+        _, reward, terminated, truncated, _ = plain.step(plain.oracle_action())
+        if terminated or truncated:
+            break
+    assert reward == 1.0

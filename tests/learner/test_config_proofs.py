@@ -96,6 +96,7 @@ PROOFS: dict[str, Proof] = {
     "staleness_policy": changes("tests/trainer/test_trainer_streaming.py::test_staleness_drop_and_downweight"),
     "staleness_decay": changes("tests/trainer/test_trainer_streaming.py::test_staleness_drop_and_downweight"),
     "value_table": changes(BUILD),
+    "train_tasks": changes(f"{SETTINGS}::test_train_tasks_fixes_the_pool_that_training_and_estimate_values_revisit"),
     "output_dir": changes(RUN),
     "checkpoint_every": changes(RUN),
     "transcripts": changes(RUN),
@@ -110,6 +111,8 @@ PROOFS: dict[str, Proof] = {
     "warm_start.tiny_hidden_size": changes(WARM),
     "warm_start.tiny_layers": changes(WARM),
     "warm_start.tiny_digit_tokens": changes(WARM),
+    "warm_start.tiny_tokenizer_env_episodes": changes(
+        "tests/trainer/test_sft.py::test_env_text_corpus_makes_the_env_words_whole_tokens"),
     "warm_start.chat_template": changes(WARM),
     "warm_start.env_id": changes(WARM),
     "warm_start.env_kwargs": changes(WARM),
@@ -118,6 +121,10 @@ PROOFS: dict[str, Proof] = {
         "tests/trainer/test_sft.py::test_direct_answer_demonstrations_reply_at_once_on_the_matching_tasks_only"),
     "warm_start.direct_answers.where": changes(
         "tests/trainer/test_sft.py::test_direct_answer_demonstrations_reply_at_once_on_the_matching_tasks_only"),
+    "warm_start.direct_answers.scope": changes(
+        "tests/trainer/test_sft.py::test_call_scope_skips_the_matching_tool_calls_of_a_multi_turn_task"),
+    "warm_start.direct_answers.pattern": changes(
+        "tests/trainer/test_sft.py::test_call_scope_skips_the_matching_tool_calls_of_a_multi_turn_task"),
     "warm_start.steps": changes(WARM),
     "warm_start.batch_size": changes(WARM),
     "warm_start.lr": changes(WARM),
@@ -167,6 +174,7 @@ PROOFS: dict[str, Proof] = {
     "tracker.prior_alpha": changes(BUILD),
     "tracker.prior_beta": changes(BUILD),
     # ---- sampler --------------------------------------------------------------------------
+    "sampler.prioritized": changes(f"{SAMPLER}::test_unprioritized_sampler_weighs_every_task_the_same"),
     "sampler.eps": changes(BUILD, f"{SAMPLER}::test_weights_match_hand_computation"),
     "sampler.gamma": changes(BUILD, f"{SAMPLER}::test_gamma_divides_by_n_eff"),
     "sampler.max_in_flight_per_task": changes(BUILD, f"{SAMPLER}::test_limit_two_allows_two_copies"),

@@ -29,6 +29,14 @@ def test_weights_match_hand_computation():
     assert sampler.probabilities() == pytest.approx(np.array(expected) / sum(expected))
 
 
+def test_unprioritized_sampler_weighs_every_task_the_same():
+    sampler = TaskSampler.from_config(TASKS, _tracker(), SamplerConfig(prioritized=False))
+    assert sampler.probabilities() == pytest.approx([0.25] * 4)
+    draws = [sampler.sample(1)[0] for _ in range(4000) if not sampler.release_all()]
+    counts = [draws.count(t) / len(draws) for t in TASKS]
+    assert counts == pytest.approx([0.25] * 4, abs=0.03)  # "solved" is drawn as often as "half"
+
+
 def test_gamma_divides_by_n_eff():
     sampler = TaskSampler(TASKS, _tracker(), eps=0.05, gamma=1.0)
     expected = [0.5 / 2 + 0.05, 0.3 / 10 + 0.05, np.sqrt(0.0099) / 100 + 0.05, 0.5 + 0.05]

@@ -127,6 +127,9 @@ def test_run_level_settings_shape_the_run(tmp_path):
     ("generation_url=http://127.0.0.1:1", "generation_url, generation_server and generation_weights_dir are for"),
     ("device=tpu", "device must be cpu, cuda or cuda:N"),
     ("warm_start={device: gpu}", "device must be cpu, cuda or cuda:N"),
+    ("warm_start={tiny_tokenizer_env_episodes: 10, tiny_digit_tokens: false}", "tiny_tokenizer_env_episodes"),
+    ("warm_start={direct_answers: {fraction: 0.5, pattern: x}}", "pattern selects tool calls: it needs scope"),
+    ("warm_start={direct_answers: {fraction: 0.5, scope: call, pattern: '('}}", "not a valid regex"),
 ])
 def test_settings_no_code_would_read_are_rejected(override, message):
     base = ["model=runs/some-folder"] if override.startswith("warm_start") else []
@@ -286,3 +289,22 @@ def test_generation_and_generation_url_choose_the_backend():
     finally:
         remote.backend.close()
         local.backend.close()
+
+
+def test_train_tasks_fixes_the_pool_that_training_and_estimate_values_revisit(tmp_path):
+    from spo_agents.trainer.estimate import estimate_values
+    from spo_agents.trainer.parts import SetupError, task_ids
+
+    overrides = [*SMALL_RUN, "env_kwargs={difficulty: 1, num_tasks: 60}", "train_tasks=4", "steps=3",
+                 "batch_size=4", "rollout.num_slots=4", "eval.enabled=false", f"output_dir={tmp_path / 'run'}"]
+    config = load_config(None, overrides)
+    pool = task_ids("spo/Calculator-v0", {"difficulty": 1, "num_tasks": 60}, "train")[:4]
+    trainer = Trainer(config, show_progress=False)
+    assert trainer.train_ids == pool and trainer.sampler.task_ids == pool
+    asyncio.run(trainer.run())
+    assert set(trainer.tracker.task_ids()) <= set(pool) and len(set(trainer.tracker.task_ids())) >= 3
+    assert asyncio.run(estimate_values(config, tmp_path / "values.jsonl", n0=2)) == 4  # the same pool
+    rows = [json.loads(line)["task_id"] for line in (tmp_path / "values.jsonl").read_text().splitlines()]
+    assert sorted(rows) == sorted(pool)
+    with pytest.raises(SetupError, match="has only"):
+        Trainer(load_config(None, [*overrides[:-1], "train_tasks=1000", f"output_dir={tmp_path / 'x'}"]))

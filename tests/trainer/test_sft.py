@@ -156,3 +156,61 @@ def test_direct_answer_demonstrations_reply_at_once_on_the_matching_tasks_only()
         assert "\\boxed{" in reply and formatter.decode(demo.token_ids).count("<|im_start|>assistant") == 1
     everything = demonstrations(formatter, ENV, env_kwargs, num_demos=5, direct=DirectAnswers(fraction=1.0))
     assert all("<tool_call>" not in formatter.decode(d.token_ids) for d in everything)
+
+
+CHAIN = "spo/ChainCalc-v0"
+SHORT_CHAINS = {"digits": 1, "max_steps": 4, "num_tasks": 300, "instructions": False}
+
+
+def _assistant_turns(formatter, demo):
+    """The assistant turns of a demonstration, as text (each run of loss-masked tokens)."""
+    turns, current = [], []
+    for token, in_loss in zip(demo.token_ids, demo.loss_mask):
+        if in_loss:
+            current.append(token)
+        elif current:
+            turns, current = turns + [formatter.decode(current)], []
+    return turns + ([formatter.decode(current)] if current else [])
+
+
+def test_call_scope_skips_the_matching_tool_calls_of_a_multi_turn_task():
+    from spo_agents.trainer.config import DirectAnswers
+
+    formatter = ChatFormatter(build_tiny_tokenizer(), "chatml_compact")
+    tasks = gymnasium.make(CHAIN, **SHORT_CHAINS).unwrapped.splits["train"]
+    full = demonstrations(formatter, CHAIN, SHORT_CHAINS, num_demos=60)
+    adds_in_head = DirectAnswers(fraction=1.0, scope="call", pattern=r" \+ ")
+    skipped = demonstrations(formatter, CHAIN, SHORT_CHAINS, num_demos=60, direct=adds_in_head)
+    assert [d.task_id for d in skipped] == [d.task_id for d in full]
+    assert all(d.reward == 1.0 for d in skipped)  # the skipped steps' reports are still right
+    for with_tool, in_head in zip(full, skipped):
+        ops = [op for op, _ in tasks.get(with_tool.task_id).metadata["steps"]]
+        calls = [t for t in _assistant_turns(formatter, in_head) if "<tool_call>" in t]
+        assert len(calls) == len(ops) - ops.count("add") and not any(" + " in c for c in calls)
+        reports = [t for t in _assistant_turns(formatter, in_head) if "<tool_call>" not in t]
+        assert reports == [t for t in _assistant_turns(formatter, with_tool) if "<tool_call>" not in t]
+    assert sum(len(_assistant_turns(formatter, d)) for d in skipped) < sum(len(_assistant_turns(formatter, d))
+                                                                             for d in full)
+    every_call = demonstrations(formatter, CHAIN, SHORT_CHAINS, num_demos=60,
+                                direct=DirectAnswers(fraction=0.5, scope="call"))
+    calls = [sum("<tool_call>" in t for t in _assistant_turns(formatter, d)) for d in every_call]
+    steps = [len(tasks.get(d.task_id).metadata["steps"]) for d in every_call]
+    assert 0.25 * sum(steps) < sum(calls) < 0.75 * sum(steps)  # half of all calls, whatever their operation
+    assert all(d.reward == 1.0 for d in every_call)
+
+
+def test_env_text_corpus_makes_the_env_words_whole_tokens():
+    from spo_agents.trainer.sft import build_base, env_text_corpus
+
+    corpus = env_text_corpus(CHAIN, SHORT_CHAINS, num_episodes=30)
+    heldout = gymnasium.make(CHAIN, **SHORT_CHAINS, split="heldout").unwrapped.splits["heldout"]
+    assert not {t.prompt for t in heldout} & set(corpus)  # the train split only
+    assert any(text.startswith("<tool_call>") for text in corpus) and any("Correct." in t for t in corpus)
+    generic = build_base(SFTConfig(env_id=CHAIN, env_kwargs=SHORT_CHAINS, tiny_hidden_size=16, tiny_layers=1))
+    fitted = build_base(SFTConfig(env_id=CHAIN, env_kwargs=SHORT_CHAINS, tiny_hidden_size=16, tiny_layers=1,
+                                  tiny_tokenizer_env_episodes=30))
+    text = "Step 2 of 3: take the remainder of the previous result divided by 7."
+    lengths = [len(m.tokenizer.encode(text, add_special_tokens=False)) for m in (generic, fitted)]
+    assert lengths[1] < lengths[0]
+    assert len(fitted.tokenizer.encode("12345", add_special_tokens=False)) == 5  # digits stay single tokens
+    assert fitted.tokenizer.decode(fitted.tokenizer.encode(text, add_special_tokens=False)) == text

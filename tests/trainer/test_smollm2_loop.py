@@ -44,7 +44,7 @@ def smollm2_folder(tmp_path_factory):
     return folder
 
 
-SETTINGS = ["warm_start=null", "env_kwargs={difficulty: 1}", "batch_size=2", "rollout.num_slots=2",
+SETTINGS = ["warm_start=null", "env_id=spo/Calculator-v0", "env_kwargs={difficulty: 1}", "batch_size=2", "rollout.num_slots=2",
             "rollout.max_tokens_per_turn=4", "rollout.max_tokens_per_episode=8", "eval.enabled=false",
             "checkpoint_every=1", "optim.lr=1e-5"]
 

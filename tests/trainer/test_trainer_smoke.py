@@ -9,7 +9,7 @@ from spo_agents.cli import main
 from spo_agents.trainer.evaluate import pass_at_k
 
 # the built-in defaults (untrained tiny model, no warm start) rather than the cpu-default preset
-FAST = ["--set", "model=tiny", "--set", "warm_start=null", "--set", "env_kwargs={}", "--set", "steps=3", "--set", "batch_size=4", "--set", "eval.num_tasks=4", "--set", "rollout.num_slots=4",
+FAST = ["--set", "model=tiny", "--set", "warm_start=null", "--set", "env_id=spo/Calculator-v0", "--set", "env_kwargs={}", "--set", "steps=3", "--set", "batch_size=4", "--set", "eval.num_tasks=4", "--set", "rollout.num_slots=4",
         "--set", "rollout.max_tokens_per_turn=16", "--set", "rollout.max_tokens_per_episode=48",
         "--set", "checkpoint_every=2", "--no-progress"]
 
@@ -61,6 +61,19 @@ def test_pass_at_k_unbiased_estimator(n, c, k, expected):
         pass_at_k(3, 1, 4)
 
 
+def test_score_counts_tool_calls_and_turns_per_episode():
+    from spo_agents.rollout.episode import Episode, Turn
+    from spo_agents.trainer.evaluate import score
+
+    def turn(finish, reward=0.0):
+        return Turn([1], [2], [0.0], finish, 0, reward=reward)
+
+    solved = Episode("env", "a", [turn("tool_call"), turn("stop"), turn("tool_call"), turn("stop", 1.0)])
+    direct = Episode("env", "b", [turn("stop")])
+    metrics = score([solved, direct], ks=(1,))
+    assert metrics["tool_calls/mean"] == 1.0 and metrics["turns/mean"] == 2.5 and metrics["accuracy"] == 0.5
+
+
 def test_config_file_and_overrides(tmp_path):
     from spo_agents.trainer.config import load_config
 
@@ -87,8 +100,20 @@ def test_config_file_and_overrides(tmp_path):
 def test_train_without_arguments_uses_the_cpu_default_preset_with_its_warm_start(capsys):
     assert main(["train", "--print-config"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["algo"] == "spo" and config["env_id"] == "spo/Calculator-v0" and config["device"] == "cpu"
+    assert config["algo"] == "spo" and config["env_id"] == "spo/ChainCalc-v0" and config["device"] == "cpu"
     assert config["warm_start"]["model"] == "tiny" and config["model"] == "runs/sft"
+    assert config["warm_start"]["env_kwargs"] == config["env_kwargs"]  # demonstrations on the trained env
+
+
+@pytest.mark.parametrize("preset, differences", [
+    ("grpo-baseline", {"algo", "output_dir"}),
+    ("learning-bench", {"train_tasks", "steps", "eval", "checkpoint_every", "output_dir"}),
+])
+def test_presets_share_the_default_model_warm_start_and_environment(preset, differences):
+    from spo_agents.trainer.config import load_config
+
+    default, other = load_config("cpu-default", []).model_dump(), load_config(preset, []).model_dump()
+    assert {key for key in default if default[key] != other[key]} == differences
 
 
 def test_lora_training_pushes_merged_weights(tmp_path, capsys):
@@ -137,7 +162,8 @@ def test_the_default_pipeline_runs_its_warm_start_then_trains_and_reports_the_ga
     """`spo-agents train` on the cpu-default preset, shrunk: warm start into `model`, SPO, summary."""
     model, run = tmp_path / "sft", tmp_path / "run"
     shrink = [f"model={model}", "warm_start.num_demos=16", "warm_start.steps=4", "warm_start.batch_size=4",
-              "warm_start.tiny_hidden_size=32", "warm_start.tiny_layers=1", "steps=2", "batch_size=4",
+              "warm_start.tiny_hidden_size=32", "warm_start.tiny_layers=1", "warm_start.tiny_tokenizer_env_episodes=20",
+              "steps=2", "batch_size=4",
               "rollout.num_slots=4", "rollout.max_tokens_per_turn=16", "rollout.max_tokens_per_episode=48",
               "eval.num_tasks=5", "eval.every_steps=0"]
     argv = ["train", "--output-dir", str(run), "--no-progress"] + [a for item in shrink for a in ("--set", item)]
@@ -146,10 +172,20 @@ def test_the_default_pipeline_runs_its_warm_start_then_trains_and_reports_the_ga
     assert "warm start: no model at" in out and (model / "sft.json").is_file()
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["heldout_tasks"] == 5
+    assert summary["tool_calls_per_episode_before"] >= 0 and summary["turns_per_episode_after"] >= 1
     assert summary["gain"] == pytest.approx(summary["accuracy_after"] - summary["accuracy_before"])
     low, high = summary["gain_ci95"]
     assert -1.0 <= low <= summary["gain"] <= high <= 1.0
     sft_marker = json.loads((model / "sft.json").read_text())
-    assert sft_marker["config"]["direct_answers"] == {"fraction": 0.7, "where": {"template": "product"}}
+    assert sft_marker["config"]["direct_answers"] == {"fraction": 0.6, "where": {}, "scope": "call",
+                                                      "pattern": " (\\*|//|%) "}
+    assert sft_marker["env_id"] == "spo/ChainCalc-v0"
+    # `eval` of the final checkpoint, without --env: the run's env and kwargs, the same tasks, greedy
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run / "checkpoints" / "step-000002"), "--tasks", "5", "-k", "1",
+                 "--temperature", "0", "--slots", "4", "--json-out", str(out_json)]) == 0
+    evaluated = json.loads(out_json.read_text())
+    assert evaluated["env"] == "spo/ChainCalc-v0" and evaluated["env_kwargs"]["instructions"] is False
+    assert evaluated["accuracy"] == summary["accuracy_after"]
     assert main(argv[:2] + [str(tmp_path / "run2")] + argv[3:]) == 0  # a second run reuses the warm start
     assert "warm start: reusing" in capsys.readouterr().out
