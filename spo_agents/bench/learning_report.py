@@ -22,10 +22,13 @@ def mean_curve(curves: Sequence[Any]) -> dict[str, list[float]]:
     acc = np.array([[p.accuracy for p in c.points[:length]] for c in curves])
     wall = np.array([[p.wall_s for p in c.points[:length]] for c in curves])
     episodes = np.array([[p.episodes for p in c.points[:length]] for c in curves])
+    bands = [mean_interval(list(column)) for column in acc.T]  # 95% t-interval over seeds (None below 2)
     return {"step": [p.step for p in curves[0].points[:length]], "wall_s": wall.mean(0).tolist(),
             "episodes": episodes.mean(0).tolist(), "accuracy_mean": acc.mean(0).tolist(),
             "accuracy_std": acc.std(0).tolist(), "accuracy_min": acc.min(0).tolist(),
-            "accuracy_max": acc.max(0).tolist()}
+            "accuracy_max": acc.max(0).tolist(),
+            "accuracy_ci95_low": [b[0] if b else m for b, m in zip(bands, acc.mean(0))],
+            "accuracy_ci95_high": [b[1] if b else m for b, m in zip(bands, acc.mean(0))]}
 
 
 def time_to_target(curve: dict[str, list[float]], target: float) -> float | None:
@@ -131,7 +134,7 @@ def _pyplot():
 
 
 def plot_learning(result: dict[str, Any], path: Path) -> Path:
-    """Held-out accuracy vs wall-clock and vs episodes, mean with min-max band, one line per arm."""
+    """Held-out accuracy vs wall-clock and vs episodes, mean with its 95% band over seeds, one line per arm."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, arm in result["per_arm"].items():
@@ -139,8 +142,8 @@ def plot_learning(result: dict[str, Any], path: Path) -> Path:
         style = "-" if arm["algo"] == "spo" else "--"
         for axis, x_key in zip(axes, ("wall_s", "episodes")):
             line, = axis.plot(curve[x_key], curve["accuracy_mean"], style, marker="o", label=name)
-            axis.fill_between(curve[x_key], curve["accuracy_min"], curve["accuracy_max"], color=line.get_color(),
-                              alpha=0.15)
+            axis.fill_between(curve[x_key], np.clip(curve["accuracy_ci95_low"], 0, 1),
+                              np.clip(curve["accuracy_ci95_high"], 0, 1), color=line.get_color(), alpha=0.15)
     axes[0].axhline(result["grpo_final_accuracy"], color="grey", linestyle=":",
                     label=f"{result['grpo_reference_arm']} final")
     axes[0].set_xlabel("wall-clock (s, mean over seeds; offline init included)")

@@ -19,7 +19,8 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
 
     p = bench_subparsers.add_parser("learning", help="SPO vs GRPO learning efficiency on a revisited task pool "
                                     "(same model, warm start, env, pool, episode budget, seeds)")
-    p.add_argument("--config", default="learning-bench", help="base training config (YAML file or preset name)")
+    p.add_argument("--config", "--preset", dest="config", default="learning-bench",
+                   help="base training config: a preset name or a YAML file (default learning-bench)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the base config for every arm (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (at least 3 for the bar)")
@@ -32,7 +33,7 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
                    "(default: the config's eval.num_tasks; --quick 200)")
     p.add_argument("--quick", action="store_true", help="a smaller variant: half the steps, arms spo, "
                    "spo-noinit, grpo-g4")
-    p.add_argument("--output-dir", default="runs/bench-learning")
+    p.add_argument("--output-dir", "--out", dest="output_dir", default="runs/bench-learning")
     p.set_defaults(func=run_bench_learning)
 
 

@@ -44,6 +44,9 @@ def test_summary_takes_the_best_grpo_arm_and_gives_per_seed_ratios():
     assert result["grpo_gain"] == pytest.approx(0.3) and result["spo_gain"] == pytest.approx(0.4)
     assert result["bar_met"] is True and result["train_tasks"] == 8
     assert result["per_arm"]["grpo-g4"]["degenerate_group_frac"] == pytest.approx(0.3)
+    band = result["per_arm"]["spo"]["curve"]  # 95% t-band over the seeds at each checkpoint
+    assert band["accuracy_mean"][1] == pytest.approx(0.41)
+    assert band["accuracy_ci95_low"][1] < 0.41 < band["accuracy_ci95_high"][1]
     slow = [_curve("spo", s, [(0, 0.1), (80, 0.2), (90, 0.3)]) for s in (0, 1, 2)]
     result = summarise(g4 + slow, config, 10, n0=4)
     assert result["spo_time_to_grpo_final_ratio"] is None and result["bar_met"] is False
@@ -67,8 +70,8 @@ def test_bench_learning_runs_every_arm_at_a_tiny_scale(tmp_path, capsys):
     tiny = ["steps=2", "batch_size=4", "rollout.num_slots=4", "rollout.max_tokens_per_turn=8",
             "rollout.max_tokens_per_episode=16", f"model={tmp_path / 'sft'}", f"warm_start={warm}",
             "train_tasks=6", "env_kwargs={digits: 1, max_steps: 3, num_tasks: 60, instructions: false}"]
-    argv = ["learning", "--seeds", "0", "1", "--checkpoint-every", "1", "--eval-tasks", "3", "--n0", "2",
-            "--arms", "spo", "spo-uniform", "grpo-g4", "--output-dir", str(out)] + [a for item in tiny
+    argv = ["learning", "--preset", "learning-bench", "--seeds", "0", "1", "--checkpoint-every", "1", "--eval-tasks",
+            "3", "--n0", "2", "--arms", "spo", "spo-uniform", "grpo-g4", "--out", str(out)] + [a for item in tiny
                                                                                    for a in ("--set", item)]
     args = parser.parse_args(argv)
     assert args.func(args) == 0

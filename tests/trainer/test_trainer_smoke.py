@@ -189,3 +189,12 @@ def test_the_default_pipeline_runs_its_warm_start_then_trains_and_reports_the_ga
     assert evaluated["accuracy"] == summary["accuracy_after"]
     assert main(argv[:2] + [str(tmp_path / "run2")] + argv[3:]) == 0  # a second run reuses the warm start
     assert "warm start: reusing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "spo_agents" /
+                                                              "configs").glob("*.yaml")))
+def test_every_shipped_preset_is_a_valid_config(preset):
+    from spo_agents.trainer.config import load_config
+
+    config = load_config(preset, [])
+    assert config.output_dir.startswith("runs/") and config.steps >= 1
