@@ -87,7 +87,7 @@ class RunCurve:
     wall_s: float = 0.0
     episodes: int = 0
     estimate_s: float = 0.0  # offline value initialisation, included in wall_s
-    mechanism: dict[str, float] = field(default_factory=dict)
+    mechanism: dict[str, float | None] = field(default_factory=dict)
 
 
 class AdvantageRecorder(TrainerCallback):
@@ -163,8 +163,10 @@ def evaluate_checkpoints(config: TrainConfig, ids: list[str], curve: RunCurve) -
         policy.backend.close()
 
 
-def run_arm(config: TrainConfig, arm: Arm, ids: list[str], start_accuracy: float, n0: int) -> RunCurve:
-    """Train one arm (after its offline value estimation, if any) and evaluate its checkpoints."""
+def run_arm(config: TrainConfig, arm: Arm, ids: list[str], start_accuracy: float,
+            n0: int) -> tuple[RunCurve, AdvantageRecorder]:
+    """Train one arm (after its offline value estimation, if any) and evaluate its checkpoints;
+    returns the curve and the per-episode (baseline, reward) record."""
     from spo_agents.trainer.estimate import estimate_values
     from spo_agents.trainer.loop import Trainer
 
@@ -181,10 +183,9 @@ def run_arm(config: TrainConfig, arm: Arm, ids: list[str], start_accuracy: float
     recorder = AdvantageRecorder()
     asyncio.run(Trainer(config, show_progress=False, callbacks=[recorder]).run())
     curve.mechanism = recorder.mechanism(read_metrics(run_dir / "metrics.jsonl"))
-    curve.mechanism["calibration"] = [recorder.baselines, recorder.rewards] if arm.algo == "spo" else []
     evaluate_checkpoints(config, ids, curve)
     curve.wall_s, curve.episodes = curve.points[-1].wall_s, curve.points[-1].episodes
-    return curve
+    return curve, recorder
 
 
 def arms_problem(arms: Sequence[str]) -> str | None:
@@ -221,6 +222,7 @@ def run_learning_bench(config_path: str | None, overrides: Sequence[str], seeds:
         base = base.model_copy(update={"eval": base.eval.model_copy(update={"num_tasks": eval_tasks})})
     ids = eval_task_ids(base)
     curves: list[RunCurve] = []
+    calibration: dict[str, list[list[float]]] = {}  # SPO runs: [v_before per episode, reward per episode]
     for index, seed in enumerate(seeds):
         start_accuracy = initial_accuracy(base.model_copy(update={"seed": seed}), ids)
         log(f"seed {seed}: start accuracy {start_accuracy:.3f} on {len(ids)} held-out tasks")
@@ -228,15 +230,14 @@ def run_learning_bench(config_path: str | None, overrides: Sequence[str], seeds:
         for name in order:
             arm = ARMS[name]
             config = run_config(config_path, overrides, arm, seed, out_dir / f"{name}-seed{seed}", checkpoint_every)
-            curves.append(run_arm(config, arm, ids, start_accuracy, n0))
+            curve, recorder = run_arm(config, arm, ids, start_accuracy, n0)
+            curves.append(curve)
+            if arm.algo == "spo":
+                calibration[f"{name}-seed{seed}"] = [recorder.baselines, recorder.rewards]
             log(f"{name} seed {seed}: final accuracy {curves[-1].points[-1].accuracy:.3f}, wall "
                 f"{curves[-1].wall_s:.1f}s (offline init {curves[-1].estimate_s:.1f}s)")
     result = summarise(curves, base, len(ids), n0)
-    runs = [asdict(c) for c in curves]
-    calibration = {f"{c.arm}-seed{c.seed}": c.mechanism.get("calibration") for c in curves if c.algo == "spo"}
-    for run in runs:
-        run["mechanism"].pop("calibration", None)
-    (out_dir / "result.json").write_text(json.dumps({**result, "runs": runs}, indent=2))
+    (out_dir / "result.json").write_text(json.dumps({**result, "runs": [asdict(c) for c in curves]}, indent=2))
     (out_dir / "calibration.json").write_text(json.dumps(calibration))
     plot_learning(result, out_dir / "learning.png")
     plot_calibration(calibration, out_dir / "calibration.png")
