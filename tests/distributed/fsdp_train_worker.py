@@ -5,7 +5,7 @@ import sys
 
 from spo_agents.cli import main
 
-FAST = ["--set", "model=tiny", "--set", "warm_start=null", "--set", "env_kwargs={}", "--set", "batch_size=4",
+FAST = ["--set", "model=tiny", "--set", "warm_start=null", "--set", "env_id=spo/Calculator-v0", "--set", "env_kwargs={}", "--set", "batch_size=4",
         "--set", "eval.num_tasks=2", "--set", "rollout.num_slots=4", "--set", "rollout.max_tokens_per_turn=12",
         "--set", "rollout.max_tokens_per_episode=24", "--set", "checkpoint_every=1", "--set", "transcripts=0",
         "--set", "learner_parallel=fsdp", "--set", "optim.lr=1e-3", "--set", "loss.entropy_coef=0.05",
