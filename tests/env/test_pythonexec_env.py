@@ -325,6 +325,8 @@ def installed_site():
     home = Path.home()
     if any(str(home.resolve()).startswith(d) for d in ("/tmp", "/var/tmp", "/dev/shm")):
         pytest.skip("the home directory is under a directory the sandbox masks")
+    if any(str(Path(sys.prefix).resolve()).startswith(d) for d in ("/tmp", "/var/tmp", "/dev/shm")):
+        pytest.skip("the virtual environment (gymnasium, numpy) is under a directory the sandbox masks")
     root = Path(tempfile.mkdtemp(prefix="spo-site-", dir=home))
     site = root / "lib" / "site-packages"
     ignore = shutil.ignore_patterns("__pycache__")
