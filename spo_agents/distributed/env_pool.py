@@ -204,9 +204,10 @@ class RayEnvRunner:
         stats["calls"] += 1
         limit = self.timeout_s + (0.0 if self._answered else self.startup_grace_s)
         ref = self.worker.call.remote(self.handle, method, args, kwargs)
-        try:
-            status, payload = await asyncio.wait_for(asyncio.wrap_future(ref.future()), limit)
-        except asyncio.TimeoutError:
+        try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            async with asyncio.timeout(limit):
+                status, payload = await asyncio.wrap_future(ref.future())
+        except TimeoutError:
             stats["timeouts"] += 1
             _cancel(ref)
             raise EnvTimeout(f"env.{method} took longer than {limit:g} s on Ray worker {self.worker_index}") from None

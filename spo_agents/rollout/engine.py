@@ -104,6 +104,7 @@ class RolloutEngine:
         self._output: asyncio.Queue | None = None
         self._started = 0  # episodes begun by the slots (streaming modes)
         self._consumed = 0  # episodes the consumer acknowledged
+        self._stopping = False
         self.stats = EngineStats(started_at=time.monotonic())
 
     # ----- lifecycle ------------------------------------------------------------------------
@@ -114,13 +115,18 @@ class RolloutEngine:
         if self.tasks is None:
             raise ValueError("stream and group modes need a task source")
         self._output = asyncio.Queue(maxsize=self.config.max_pending_episodes)
+        self._stopping = False
         self.stats = EngineStats(started_at=time.monotonic())
         self._slot_tasks = [asyncio.create_task(self._slot_loop(slot)) for slot in range(self.config.num_slots)]
 
     async def stop(self) -> None:
-        for task in self._slot_tasks:
-            task.cancel()
-        await asyncio.gather(*self._slot_tasks, return_exceptions=True)
+        """Cancel the slots and wait until every one has ended."""
+        self._stopping = True
+        pending = set(self._slot_tasks)
+        while pending:  # cancel again if a slot absorbed a cancellation (library code may)
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._slot_tasks = []
 
     def close(self) -> None:
@@ -199,7 +205,7 @@ class RolloutEngine:
             self._pending_group_items.extend([(task_id, group)] * self.config.group_size)
 
     async def _slot_loop(self, slot: int) -> None:
-        while True:
+        while not self._stopping:
             task_id, group = await self._next_item()
             episode = await self._run_episode(slot, task_id)
             if group is None:
@@ -228,7 +234,10 @@ class RolloutEngine:
         """Play one episode; any failure ends this episode only, with the error recorded."""
         episode = Episode(env_id=self.env_id, task_id=task_id, turns=[], slot=slot, started_at=time.monotonic())
         try:
-            await asyncio.wait_for(self._play(slot, episode), self.config.episode_timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+            # arrives as the inner call finishes, so stop() could wait forever on a slot.
+            async with asyncio.timeout(self.config.episode_timeout_s):
+                await self._play(slot, episode)
         except asyncio.TimeoutError:
             episode.error, episode.truncated = f"episode timeout after {self.config.episode_timeout_s:g} s", True
             self._discard_runner(slot)

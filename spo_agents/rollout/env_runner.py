@@ -45,9 +45,10 @@ class ThreadEnvRunner:
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.pool, lambda: getattr(self.env, method)(*args, **kwargs))
-        try:
-            return await asyncio.wait_for(future, self.timeout_s)
-        except asyncio.TimeoutError:
+        try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            async with asyncio.timeout(self.timeout_s):
+                return await future
+        except TimeoutError:
             raise EnvTimeout(f"env.{method} took longer than {self.timeout_s:g} s") from None
 
     def close(self, abandoned: bool = False) -> None:

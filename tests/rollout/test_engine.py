@@ -236,3 +236,29 @@ def test_admission_bound_lets_started_groups_finish():
 
     groups = run(go())
     assert [len(g) for g in groups] == [4, 4, 4]
+
+
+def test_stop_ends_every_slot_whenever_it_is_called():
+    """Python 3.11's wait_for swallowed a cancellation arriving as its inner call finished; a slot
+    then kept polling the closed admission bound and stop() never returned (a CI hang)."""
+    async def start_get_stop(i):
+        backend = ScriptedBackend(nap_policy)
+        tasks = CycleTasks(["t0"])
+        engine = RolloutEngine("test/Sleepy-v0", backend, backend.formatter,
+                               RolloutConfig(num_slots=4, max_unconsumed=6), tasks)
+        engine.start()
+        try:
+            for _ in range(i % 5 + 1):
+                await asyncio.wait_for(engine.get(), 10)
+            await asyncio.sleep((i % 7) * 0.0003)
+            stop = asyncio.create_task(engine.stop())
+            done, _ = await asyncio.wait({stop}, timeout=5)
+            return bool(done)
+        finally:
+            engine.close()
+
+    async def go():
+        return [await start_get_stop(i) for i in range(60)]
+
+    stopped = run(go())
+    assert all(stopped), f"stop() hung in {stopped.count(False)} of {len(stopped)} runs"
