@@ -86,8 +86,11 @@ class _Microbatch:
 
 
 def microbatches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Group indices (sorted by length) so that rows x max length stays within the budget."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    """Group indices (sorted by length) so that rows x max length stays within the budget.
+
+    Empty rows (an episode that ended before its first turn) are left out: they carry no
+    tokens, and an all-padding row would only add a fully masked attention row."""
+    order = sorted((i for i in range(len(lengths)) if lengths[i] > 0), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     current: list[int] = []
     for index in order:

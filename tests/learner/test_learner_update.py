@@ -219,3 +219,22 @@ def test_optim_temperature_scales_the_logits_of_every_log_prob(tiny):
     expected = torch.log_softmax(logits / 0.5, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
     scored = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(temperature=0.5)).logprobs([ids])[0]
     assert scored[1:] == pytest.approx(expected, abs=1e-4)
+
+
+def test_episodes_that_ended_before_their_first_turn_are_skipped(tiny):
+    """An env that crashes in reset yields an episode with no tokens: a batch of only those
+    steps without crashing, and one in a mixed batch changes nothing."""
+    empty = TrainingSample([], [], [])
+    only_empty = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3))
+    assert only_empty.step([empty, empty], [1.0, -1.0])["train_tokens"] == 0
+    assert [len(lp) for lp in only_empty.logprobs([[], []])] == [0, 0]
+
+    prompt = tiny.tokenizer.encode("<|im_start|>user\nadd 2 and 3<|im_end|>\n<|im_start|>assistant\n")
+    plain = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, microbatch_tokens=4096))
+    mixed = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, microbatch_tokens=4096))
+    samples = [sample_for(plain, prompt, tiny.tokenizer.encode(text)) for text in ("5", "it is 5 ok")]
+    plain.step(samples, [0.7, -1.2])
+    mixed.step([samples[0], empty, samples[1]], [0.7, 3.0, -1.2])
+    assert microbatches([3, 0, 5], 4096) == [[0, 2]]
+    for a, b in zip(plain.model.parameters(), mixed.model.parameters()):
+        assert torch.equal(a, b)
