@@ -11,7 +11,7 @@ an incomplete UTF-8 sequence; a vocabulary-sized table says which tokens can).
 
 Sampling follows base.py's convention: log-probs are `log_softmax(logits / T)` over the full
 vocabulary (T = 1 for greedy rows); top-k and top-p only restrict what is drawn. Rows with a
-seed draw from their own generator (one `multinomial` each); the others share one draw.
+seed draw their uniform from their own generator; the others share one draw (inverse_cdf_sample).
 """
 
 from __future__ import annotations
@@ -44,6 +44,19 @@ def filter_logits(scaled_B_V: torch.Tensor, top_k_B: torch.Tensor, top_p_B: torc
         remove_B_V = torch.zeros_like(remove_sorted_B_V).scatter(-1, order_B_V, remove_sorted_B_V)
         scaled_B_V = scaled_B_V.masked_fill(remove_B_V, -float("inf"))
     return scaled_B_V
+
+
+def inverse_cdf_sample(probs_B_V: torch.Tensor, uniform_B: torch.Tensor) -> torch.Tensor:
+    """Row b's token: the first index whose cumulative probability exceeds uniform_B[b] (in
+    [0, 1)) times the row's total; zero-probability tokens are never drawn.
+
+    Why not torch.multinomial: on a CPU it spends about 1.3 ms on a 64 x 1,030 batch (a tenth
+    of a small model's decode step); this is one cumulative sum and one binary search per row
+    (0.05 ms). The sum runs in float64 so that large vocabularies keep each token's share."""
+    cumulative_B_V = probs_B_V.to(torch.float64).cumsum(dim=-1)
+    target_B1 = (uniform_B * cumulative_B_V[:, -1]).unsqueeze(-1)
+    drawn_B = torch.searchsorted(cumulative_B_V, target_B1, right=True).squeeze(-1)
+    return drawn_B.clamp_(max=probs_B_V.shape[-1] - 1)
 
 
 class StopTable:
@@ -133,11 +146,13 @@ class RowTable:
         sampling_B = ~self.greedy[start:end]
         if bool(sampling_B.any()):
             probs_B_V = torch.softmax(filter_logits(scaled_B_V, self.top_k[start:end], self.top_p[start:end]), dim=-1)
-            drawn_B = torch.multinomial(probs_B_V, 1, generator=shared).squeeze(-1)
+            uniform_B = torch.rand(probs_B_V.shape[0], generator=shared, dtype=torch.float64,
+                                   device=probs_B_V.device)
             for row, generator in self.generators.items():  # seeded rows: each from its own generator
                 if start <= row < end and bool(sampling_B[row - start]):
-                    drawn_B[row - start] = torch.multinomial(probs_B_V[row - start], 1, generator=generator)[0]
-            tokens_B = torch.where(sampling_B, drawn_B, tokens_B)
+                    uniform_B[row - start] = torch.rand(1, generator=generator, dtype=torch.float64,
+                                                        device=probs_B_V.device)[0]
+            tokens_B = torch.where(sampling_B, inverse_cdf_sample(probs_B_V, uniform_B), tokens_B)
         return tokens_B, logprobs_B_V.gather(-1, tokens_B.unsqueeze(-1)).squeeze(-1)
 
     def record(self, tokens_B: torch.Tensor, logprobs_B: torch.Tensor, start: int) -> None:

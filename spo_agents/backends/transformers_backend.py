@@ -35,6 +35,10 @@ PipelineRL). Each result carries `policy_version` (weights when it started) and
 `final_policy_version` (weights of its last token); every log-prob is exact for the weights
 that sampled its token.
 
+Other torch work can run on that same thread between two decode steps (`run_between_steps`):
+the trainer puts its learner there when the two take turns, so the process keeps a single
+OpenMP team (trainer/threads.py says why that matters on a CPU).
+
 Left out: paged attention, CUDA graphs, speculative decoding, and models whose caches are not
 plain key/value tensors (linear-attention / state-space layers).
 """
@@ -112,6 +116,7 @@ class TransformersBackend:
         self._waiting: deque[_Request] = deque()
         self._cancelled: deque[_Request] = deque()
         self._pending_update: tuple[Any, int, concurrent.futures.Future] | None = None
+        self._jobs: deque[tuple[Any, concurrent.futures.Future]] = deque()  # run_between_steps
         self._slab: KVSlab | None = None
         self._active: list[_Request] = []  # request of slab row i
         self._rows = RowTable(max_batch_size, self.device)
@@ -181,6 +186,27 @@ class TransformersBackend:
             self._cv.notify()
         done.result()
 
+    def run_between_steps(self, fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Run `fn(*args, **kwargs)` on the decode thread between two decode steps (decoding
+        pauses while it runs) with that thread's torch threads; the future holds its result.
+
+        Why: each thread that runs torch ops on a CPU gets its own OpenMP team, and libgomp
+        stops its idle workers from spinning once a process holds more OpenMP threads than
+        cores; work that alternates with decoding anyway (a synchronous learner step) is
+        faster here than in a thread of its own. Called from the decode thread, it runs at once.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        job = (lambda: fn(*args, **kwargs), future)
+        if threading.current_thread() is self._thread:
+            self._run_job(job)
+            return future
+        with self._cv:
+            if self._closing:
+                raise BackendClosedError("the backend is closed")
+            self._jobs.append(job)
+            self._cv.notify()
+        return future
+
     def set_num_threads(self, count: int | None) -> None:
         """torch intra-op threads of the decode thread (None: leave them as they are), applied
         before its next step; `stats["threads"]` reports the count in force there."""
@@ -215,14 +241,17 @@ class TransformersBackend:
         with torch.no_grad():
             while True:
                 with self._cv:
-                    while not (self._closing or self._waiting or self._pending_update or self._active):
+                    while not (self._closing or self._waiting or self._pending_update or self._active or self._jobs):
                         self._cv.wait()
                     if self._closing:
                         break
                     update, self._pending_update = self._pending_update, None
+                    jobs = [self._jobs.popleft() for _ in range(len(self._jobs))]
                     room = self.max_batch_size - len(self._active)
                     admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
                 self._apply_thread_count()
+                for job in jobs:
+                    self._run_job(job)
                 if update is not None:
                     self._apply_update(*update)
                 self._drop_cancelled()
@@ -397,11 +426,28 @@ class TransformersBackend:
                 except concurrent.futures.InvalidStateError:
                     pass
 
+    @staticmethod
+    def _run_job(job: tuple[Any, concurrent.futures.Future]) -> None:
+        call, future = job
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            with torch.enable_grad():  # the decode loop itself runs under no_grad
+                result = call()
+        except BaseException as exc:  # the caller gets it; the decode loop goes on
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
     def _abort_all(self) -> None:
         with self._cv:
             leftover = list(self._waiting)
             self._waiting.clear()
             update, self._pending_update = self._pending_update, None
+            jobs = [self._jobs.popleft() for _ in range(len(self._jobs))]
+        for _, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(BackendClosedError("the backend closed before the job ran"))
         for request in self._active:  # partial outputs of the running batch
             request.token_ids, request.logprobs = self._rows.output(request.row)
         leftover += self._active

@@ -97,16 +97,19 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from spo_agents.backends.base import SamplingParams
     from spo_agents.backends.models import load_model
+    from spo_agents.backends.omp import in_own_thread
     from spo_agents.backends.transformers_backend import TransformersBackend
 
-    loaded = load_model(args.model, device=args.device, seed=args.seed)
+    # loading and the baseline run in threads that end, so the backend's decoding thread holds the
+    # process's only OpenMP team and neither side is slowed by the other's (backends/omp.py)
+    loaded = in_own_thread(load_model, args.model, device=args.device, seed=args.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
     prompts = _prompts(tokenizer, args.requests)
     baseline_prompts = prompts[: max(1, min(args.baseline_requests, len(prompts)))]
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens, stop_token_ids=())
 
-    _time_sequential(model, prompts[:1], 4)  # warm-up: first-call allocations
-    seq_seconds, seq_outputs = _time_sequential(model, baseline_prompts, args.max_new_tokens)
+    in_own_thread(_time_sequential, model, prompts[:1], 4)  # warm-up: first-call allocations
+    seq_seconds, seq_outputs = in_own_thread(_time_sequential, model, baseline_prompts, args.max_new_tokens)
     seq_tokens = sum(len(o) for o in seq_outputs)
 
     with TransformersBackend(model, tokenizer, max_batch_size=max(args.requests, 1), seed=args.seed) as backend:

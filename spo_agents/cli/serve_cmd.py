@@ -99,12 +99,15 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
 
     from spo_agents.backends.models import load_model
+    from spo_agents.backends.omp import in_own_thread
     from spo_agents.backends.transformers_backend import TransformersBackend
     from spo_agents.chat.formatter import load_template
     from spo_agents.serve.app import create_app
     from spo_agents.serve.runner import serve_forever
 
-    loaded = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device, seed=args.seed)
+    # loaded in a thread that ends: the decoding thread's OpenMP team is the process's only one
+    loaded = in_own_thread(load_model, args.model, dtype=getattr(torch, args.dtype), device=args.device,
+                           seed=args.seed)
     name = args.served_model_name or loaded.name
     tool_template = load_template(loaded.tool_template) if loaded.tool_template else None
     backend = TransformersBackend(loaded.model, loaded.tokenizer, max_batch_size=args.max_batch_size,

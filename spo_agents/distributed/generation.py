@@ -79,9 +79,12 @@ def build_backend(spec: GenerationSpec) -> Any:
         import torch
 
         from spo_agents.backends.models import load_model
+        from spo_agents.backends.omp import in_own_thread
         from spo_agents.backends.transformers_backend import TransformersBackend
 
-        loaded = load_model(spec.model, dtype=getattr(torch, spec.dtype), device=spec.device, seed=spec.seed)
+        # loaded in a thread that ends: the decoding thread's OpenMP team is the actor's only one
+        loaded = in_own_thread(load_model, spec.model, dtype=getattr(torch, spec.dtype), device=spec.device,
+                               seed=spec.seed)
         return TransformersBackend(loaded.model, loaded.tokenizer, max_batch_size=spec.max_batch_size,
                                    max_prefill_tokens=spec.max_prefill_tokens, seed=spec.seed)
     if spec.kind == "openai":

@@ -7,15 +7,17 @@ Per algorithm (see docs/algorithms.md and docs/training.md):
   advantage statistics) and applies the optimiser step once B have contributed.
 - GRPO (group mode): B/G complete groups form a batch (group-gated streaming).
 - GRPO (batch mode): generate B/G tasks x G episodes, wait for all, step, repeat.
-Learner work runs in a one-thread learner executor, so the event loop, and with it the rollout
-slots, keep going while the learner computes; that thread and the local decoder each get a
-torch thread budget (trainer/threads.py: cores split when both run at once).
+Learner work runs off the event loop, so the rollout slots keep going while the learner
+computes: on the local decoder's own thread when the two take turns (one OpenMP team), or in a
+one-thread learner executor with the cores split between the two when they run at once
+(trainer/threads.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +41,7 @@ from spo_agents.trainer.parts import (build_policy, eval_task_ids, resolve_env_i
 from spo_agents.trainer.sft import ensure_warm_start
 from spo_agents.trainer.stats import difference_interval
 from spo_agents.trainer.tasks import PrioritisedTasks, UniformTasks
-from spo_agents.trainer.threads import plan_threads, use_threads
+from spo_agents.trainer.threads import in_own_thread, plan_threads, use_threads
 from spo_agents.trainer.transcripts import write_transcripts
 
 
@@ -72,8 +74,10 @@ class Trainer:
         self.config = config = config.model_copy(update={"env_id": resolve_env_id(config.env_id)})
         self.train_ids = train_task_ids(config)
         self.eval_ids = eval_task_ids(config) if config.eval.enabled else []
+        # the warm start (and build_policy's loading) run in threads that end: no OpenMP team
+        # outlives them in this thread (trainer/threads.py)
         if config.warm_start is not None and not resume:
-            ensure_warm_start(config.model, config.warm_start, log=lambda line: print(line, flush=True))
+            in_own_thread(ensure_warm_start, config.model, config.warm_start, log=lambda line: print(line, flush=True))
         seed_everything(config.seed)
         # a sharded learner whose generation runs on servers loads the model on the CPU: only its shards
         # go to the GPU (fully_shard moves them), so the model need not fit one device
@@ -153,23 +157,27 @@ class Trainer:
         return path
 
     def _plan_threads(self) -> None:
-        """Thread budgets of the learner executor and the local decoder (trainer/threads.py)."""
+        """Where the learner runs and the thread budgets of it and the local decoder
+        (trainer/threads.py)."""
         import torch
 
         config = self.config
         overlapped = not (config.algo is Algo.GRPO and config.grpo_mode is GRPOMode.BATCH)
-        local = hasattr(self.policy.backend, "set_num_threads")
+        local = hasattr(self.policy.backend, "run_between_steps")
         self.threads = plan_threads(config.threads, torch.get_num_threads(), overlapped, local)
         if local:
             self.policy.backend.set_num_threads(self.threads.decoder)
         self._learner_pool = ThreadPoolExecutor(1, thread_name_prefix="spo-learner", initializer=use_threads,
                                                 initargs=(self.threads.learner,))
-        self.learner_threads_in_force = 0
+        self.learner_threads_in_force, self.learner_thread = 0, ""
         if self.show_progress:
             print(self.threads.describe(), flush=True)
 
     async def _learn(self, fn: Callable, *args: Any) -> Any:
-        """Run learner work in the learner executor (its thread has the learner's budget)."""
+        """Run learner work on the decoder's thread (sharing: alternate) or in the learner
+        executor, whose thread has the learner's budget."""
+        if self.threads.alternate:
+            return await asyncio.wrap_future(self.policy.backend.run_between_steps(self._in_learner, fn, *args))
         return await asyncio.get_running_loop().run_in_executor(self._learner_pool,
                                                                 functools.partial(self._in_learner, fn, *args))
 
@@ -177,13 +185,19 @@ class Trainer:
         import torch
 
         self.learner_threads_in_force = torch.get_num_threads()  # what the metrics report
+        self.learner_thread = threading.current_thread().name
         return fn(*args)
 
     # ----- main -----------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
+        import torch
+
+        main_threads = torch.get_num_threads()
+        use_threads(1)  # the event loop's thread adds no OpenMP team while the run computes elsewhere
         try:
             return await self._run()
         finally:
+            torch.set_num_threads(main_threads)
             self._learner_pool.shutdown(wait=False)
             close = getattr(self.updater, "close", None)  # releases the sharded learner's other ranks
             if close is not None:

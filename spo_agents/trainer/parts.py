@@ -24,6 +24,7 @@ from spo_agents.backends.transformers_backend import TransformersBackend
 from spo_agents.chat import ChatFormatter
 from spo_agents.env.registry import registered_ids
 from spo_agents.trainer.lora import LoraSettings, merged_state_dict, wrap_with_lora
+from spo_agents.backends.omp import in_own_thread
 
 
 @dataclass
@@ -73,11 +74,17 @@ def build_policy(model_spec: str, device: str = "cpu", seed: int = 0, max_batch_
     training weights; new weights reach the backend by `update_weights` between decode steps.
     """
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    loaded = load_model(model_spec, device=device, seed=seed)
-    if dtype is not torch.float32:
-        loaded.model.to(dtype=torch.float32)  # master weights in fp32; the backend copy runs in bf16
+
+    def load() -> tuple[Any, Any]:
+        loaded = load_model(model_spec, device=device, seed=seed)
+        if dtype is not torch.float32:
+            loaded.model.to(dtype=torch.float32)  # master weights in fp32; the backend copy runs in bf16
+        return loaded, copy.deepcopy(loaded.model).to(dtype=dtype) if generation == "local" else None
+
+    # loading in a thread that ends leaves no OpenMP team behind in the caller's thread
+    # (trainer/threads.py): on a CPU, the decoding thread's team is then the only one
+    loaded, inference_model = in_own_thread(load)
     if generation == "local":
-        inference_model = copy.deepcopy(loaded.model).to(dtype=dtype)
         backend = TransformersBackend(inference_model, loaded.tokenizer, max_batch_size=max_batch_size, seed=seed)
     else:
         backend = remote_backend(generation, model_spec, device, seed, generation_workers, generation_url,

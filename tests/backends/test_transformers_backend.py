@@ -336,3 +336,38 @@ def test_stop_checks_do_python_work_only_for_flagged_rows(model, tokenizer):
     # not one per row and step (32 x 40)
     assert finished_by_length + sum(r.finish_reason is not FinishReason.LENGTH for r in results) == 32
     assert len(calls) < 32 * 40 / 5
+
+
+def test_inverse_cdf_sampling_draws_each_token_with_its_probability():
+    from spo_agents.backends.decode_rows import inverse_cdf_sample
+
+    probs_B_V = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 1.0, 0.0], [0.1, 0.0, 0.0, 0.9]])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros_like(probs_B_V)
+    draws = 40_000
+    for _ in range(draws // 1000):
+        uniform_NB = torch.rand(1000, 3, generator=generator, dtype=torch.float64)
+        for row in range(3):
+            tokens = inverse_cdf_sample(probs_B_V[row].expand(1000, 4), uniform_NB[:, row])
+            counts[row] += torch.bincount(tokens, minlength=4)
+    frequencies = counts / draws
+    assert torch.all(frequencies[probs_B_V == 0] == 0)  # a filtered-out token is never drawn
+    assert torch.allclose(frequencies, probs_B_V, atol=0.01)  # ~4 standard errors at 40,000 draws
+    edges = inverse_cdf_sample(torch.tensor([[0.25, 0.25, 0.25, 0.25]] * 2), torch.tensor([0.0, 1.0 - 1e-12],
+                                                                                         dtype=torch.float64))
+    assert edges.tolist() == [0, 3]
+
+
+def test_sampled_first_tokens_follow_the_models_top_k_distribution(model, tokenizer):
+    prompt = random_prompts(1, seed=9)[0]
+    with torch.no_grad():
+        logits_V = model(torch.tensor([prompt])).logits[0, -1].float()
+    top_values, top_ids = torch.topk(logits_V, 3)
+    expected = torch.softmax(top_values, dim=-1)
+    params = SamplingParams(temperature=1.0, top_k=3, max_new_tokens=1, stop_token_ids=())
+    with TransformersBackend(model, tokenizer, max_batch_size=64, seed=3) as backend:
+        results = backend.generate_many([prompt] * 3000, params)
+    drawn = torch.tensor([r.token_ids[0] for r in results])
+    assert set(drawn.tolist()) <= set(top_ids.tolist())
+    frequencies = torch.stack([(drawn == token).float().mean() for token in top_ids])
+    assert torch.allclose(frequencies, expected, atol=0.035), (frequencies, expected)
