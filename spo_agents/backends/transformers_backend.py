@@ -74,6 +74,7 @@ class _Request:
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     row: int = -1  # its row in the running batch while it decodes
+    arrival_step: int = 0  # decode steps done when it was queued
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
 
@@ -85,7 +86,10 @@ class TransformersBackend:
     `max_prefill_tokens` caps one prefill group (padded tokens). `seed` seeds the shared sampler
     used by requests that carry no seed of their own. `num_threads` sets the decode thread's
     torch intra-op threads. `min_shared_prefix` is the shortest prompt prefix worth computing
-    once and reusing (0: never share). Use as a context manager or call `close()`.
+    once and reusing (0: never share). While a batch is decoding, requests that arrive are
+    prefilled together once `admit_batch` of them wait or the oldest has waited
+    `admit_wait_steps` decode steps (a prefill call costs about a decode step whatever its
+    size; 1 and 0 admit at every step). Use as a context manager or call `close()`.
     """
 
     def __init__(
@@ -99,7 +103,13 @@ class TransformersBackend:
         policy_version: int = 0,
         num_threads: int | None = None,
         min_shared_prefix: int = 16,
+        admit_batch: int = 8,
+        admit_wait_steps: int = 4,
     ) -> None:
+        if admit_batch < 1 or admit_wait_steps < 0:
+            raise ValueError(f"admit_batch must be >= 1 and admit_wait_steps >= 0, got {admit_batch}, "
+                             f"{admit_wait_steps}")
+        self.admit_batch, self.admit_wait_steps = admit_batch, admit_wait_steps
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -155,6 +165,7 @@ class TransformersBackend:
         with self._cv:
             if self._closing:
                 raise BackendClosedError("the backend is closed")
+            request.arrival_step = self.stats["decode_steps"]
             self._waiting.append(request)
             self._cv.notify()
         return request.future
@@ -248,7 +259,8 @@ class TransformersBackend:
                     update, self._pending_update = self._pending_update, None
                     jobs = [self._jobs.popleft() for _ in range(len(self._jobs))]
                     room = self.max_batch_size - len(self._active)
-                    admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                    admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))] \
+                        if self._admission_due(room) else []
                 self._apply_thread_count()
                 for job in jobs:
                     self._run_job(job)
@@ -262,6 +274,14 @@ class TransformersBackend:
                     except Exception as exc:  # the batch's cache is suspect: fail its requests, keep the loop
                         self._fail(list(self._active), exc)
         self._abort_all()
+
+    def _admission_due(self, room: int) -> bool:
+        """Prefill the waiting requests now, or let the running batch take more decode steps
+        first so that later arrivals share the prefill call (see the class docstring)."""
+        if not self._waiting or room <= 0:
+            return False
+        return (not self._active or len(self._waiting) >= min(self.admit_batch, room)
+                or self.stats["decode_steps"] - self._waiting[0].arrival_step >= self.admit_wait_steps)
 
     def _admit(self, requests: list[_Request]) -> None:
         """Prefill newly admitted requests in token-budgeted groups and add them to the batch.

@@ -371,3 +371,35 @@ def test_sampled_first_tokens_follow_the_models_top_k_distribution(model, tokeni
     assert set(drawn.tolist()) <= set(top_ids.tolist())
     frequencies = torch.stack([(drawn == token).float().mean() for token in top_ids])
     assert torch.allclose(frequencies, expected, atol=0.035), (frequencies, expected)
+
+
+def test_requests_arriving_during_decoding_are_prefilled_together(model, tokenizer):
+    """While a batch decodes, arrivals wait until `admit_batch` of them can share one prefill
+    call, or until the oldest has waited `admit_wait_steps` decode steps."""
+    long = SamplingParams(temperature=0.0, max_new_tokens=400, stop_token_ids=())
+    short = SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=())
+    prompts = random_prompts(5, seed=11)
+    with TransformersBackend(model, tokenizer, admit_batch=3, admit_wait_steps=10_000) as backend:
+        running = backend.submit(prompts[0], long)
+        while backend.stats["decode_steps"] < 3:
+            time.sleep(0.005)
+        early = [backend.submit(p, short) for p in prompts[1:3]]
+        time.sleep(0.3)
+        assert backend.active_rows == 1 and not any(f.done() for f in early)  # two of three: they wait
+        prefills_before = backend.stats["prefill_tokens"]
+        third = backend.submit(prompts[3], short)
+        results = [f.result(timeout=60) for f in early + [third]]
+        assert not running.done()  # admitted while the long request was still decoding
+        assert backend.stats["prefill_tokens"] - prefills_before <= sum(len(p) for p in prompts[1:4])
+        alone = backend.generate_many(prompts[1:4], short)
+        assert [r.token_ids for r in results] == [r.token_ids for r in alone]
+        running.cancel()
+    with TransformersBackend(model, tokenizer, admit_batch=100, admit_wait_steps=2) as backend:
+        running = backend.submit(prompts[0], long)
+        while backend.stats["decode_steps"] < 3:
+            time.sleep(0.005)
+        assert len(backend.submit(prompts[4], short).result(timeout=60).token_ids) == 4  # by the step rule
+        assert not running.done()
+        running.cancel()
+    with pytest.raises(ValueError):
+        TransformersBackend(model, tokenizer, admit_batch=0)
