@@ -109,31 +109,52 @@ def _pad(rows: list[list], value, dtype) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)
 
 
+def first_scored_position(loss_mask_B_T: torch.Tensor) -> int:
+    """The first position whose logits any row needs: one before its first loss token.
+
+    Positions before it (a prompt's) only feed attention; their logits, the vocabulary-wide part
+    of the forward and backward, are skipped (as TRL's `logits_to_keep` does). Rows without a
+    loss token do not count; with none at all, the last position."""
+    has_loss_B = loss_mask_B_T.any(dim=-1)
+    if not bool(has_loss_B.any()):
+        return max(loss_mask_B_T.shape[1] - 2, 0)
+    first_B = loss_mask_B_T[has_loss_B].ne(0).to(torch.int8).argmax(dim=-1)
+    return max(int(first_B.min()) - 1, 0)
+
+
 def _shifted_logits(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
-    """Logits at positions 0..T-2 (each predicting the next token), fp32, divided by temperature."""
+                    temperature: float, first: int = 0) -> torch.Tensor:
+    """Logits at positions first..T-2 (each predicting the next token), fp32, divided by temperature."""
     on_gpu = token_ids_B_T.device.type == "cuda"
+    keep = token_ids_B_T.shape[1] - first
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):  # bf16 on GPU, fp32 on CPU
-        logits_B_T_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T).logits.float()
-    return logits_B_T_V[:, :-1] / temperature
+        logits_B_K_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T,
+                             logits_to_keep=keep).logits.float()
+    logits_B_K_V = logits_B_K_V[:, -keep:]  # a model that ignores logits_to_keep returns every position
+    return logits_B_K_V[:, :-1] / temperature
 
 
-def _picked_logprobs(logits_B_T_V: torch.Tensor, token_ids_B_T: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t) aligned to positions (position 0 gets 0)."""
-    picked_B_T = logits_B_T_V.gather(-1, token_ids_B_T[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(picked_B_T - torch.logsumexp(logits_B_T_V, dim=-1), (1, 0))
+def _picked_logprobs(logits_B_K_V: torch.Tensor, token_ids_B_T: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) aligned to positions; positions without logits (position 0,
+    and those before the first scored one) get 0."""
+    first = token_ids_B_T.shape[1] - 1 - logits_B_K_V.shape[1]
+    picked_B_K = logits_B_K_V.gather(-1, token_ids_B_T[:, first + 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(picked_B_K - torch.logsumexp(logits_B_K_V, dim=-1), (first + 1, 0))
 
 
-def _entropy(logits_B_T_V: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution, aligned like `_picked_logprobs` (position 0 gets 0)."""
-    logp_B_T_V = torch.log_softmax(logits_B_T_V, dim=-1)
-    return torch.nn.functional.pad(-(logp_B_T_V.exp() * logp_B_T_V).sum(-1), (1, 0))
+def _entropy(logits_B_K_V: torch.Tensor, length: int) -> torch.Tensor:
+    """Entropy of the next-token distribution, aligned like `_picked_logprobs` over `length` positions."""
+    logp_B_K_V = torch.log_softmax(logits_B_K_V, dim=-1)
+    entropy_B_K = -(logp_B_K_V.exp() * logp_B_K_V).sum(-1)
+    return torch.nn.functional.pad(entropy_B_K, (length - entropy_B_K.shape[1], 0))
 
 
 def token_logprobs(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log p(token_t | tokens_<t) under `model`, aligned to positions (position 0 gets 0)."""
-    return _picked_logprobs(_shifted_logits(model, token_ids_B_T, attention_mask_B_T, temperature), token_ids_B_T)
+                   temperature: float = 1.0, first: int = 0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) under `model`, aligned to positions (0 at position 0 and
+    before `first + 1`)."""
+    return _picked_logprobs(_shifted_logits(model, token_ids_B_T, attention_mask_B_T, temperature, first),
+                            token_ids_B_T)
 
 
 # loss terms that policy_loss reports as sums when its normaliser is 1 (logged as token-means)
@@ -171,13 +192,15 @@ class PolicyUpdater:
     def logprobs(self, token_ids_list: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]] | None = None
                  ) -> list[np.ndarray]:
         """Per-token log-probs of each sequence under the current weights (the drift cache's
-        `logprob_fn`)."""
-        samples = [TrainingSample(list(ids), [1] * len(ids), [0.0] * len(ids)) for ids in token_ids_list]
+        `logprob_fn`); with `loss_masks`, positions before a micro-batch's first loss token are
+        not scored (0)."""
+        masks = loss_masks if loss_masks is not None else [[1] * len(ids) for ids in token_ids_list]
+        samples = [TrainingSample(list(ids), list(mask), [0.0] * len(ids)) for ids, mask in zip(token_ids_list, masks)]
         out: list[np.ndarray] = [np.zeros(0)] * len(samples)
         for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
             batch = self._build(samples, indices)
             logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                          self.optim_config.temperature)
+                                          self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T))
             for row, index in enumerate(indices):
                 out[index] = logprobs_B_T[row, : len(samples[index])].double().cpu().numpy()
         return out
@@ -187,7 +210,8 @@ class PolicyUpdater:
         """Forward/backward these episodes; gradients hold token *sums* until `apply`.
 
         Afterwards `last_logprobs[i]` holds sample i's per-token log-probs from this forward
-        (float64, detached, position 0 = 0): the weights at step start, at no extra cost."""
+        (float64, detached; 0 at position 0 and at prompt positions before the micro-batch's
+        first loss token): the weights at step start, at no extra cost."""
         self.model.train()
         weights = [1.0] * len(samples) if weights is None else list(weights)
         self.last_logprobs = [np.zeros(0)] * len(samples)
@@ -212,11 +236,12 @@ class PolicyUpdater:
                          ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """The loss of one micro-batch as a token sum, with every LossConfig term that is on."""
         lc = self.loss_config
-        logits_B_T_V = _shifted_logits(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                       self.optim_config.temperature)
-        logprobs_B_T = _picked_logprobs(logits_B_T_V, batch.token_ids_B_T)
-        entropy_B_T = _entropy(logits_B_T_V) if lc.entropy_coef > 0 else None
-        del logits_B_T_V
+        first = first_scored_position(batch.loss_mask_B_T)
+        logits_B_K_V = _shifted_logits(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
+                                       self.optim_config.temperature, first)
+        logprobs_B_T = _picked_logprobs(logits_B_K_V, batch.token_ids_B_T)
+        entropy_B_T = _entropy(logits_B_K_V, batch.token_ids_B_T.shape[1]) if lc.entropy_coef > 0 else None
+        del logits_B_K_V
         anchor_B_T, tis_weights_B_T = batch.behaviour_logprobs_B_T, None
         if lc.tis_cap is not None:  # ratio on the step-start (proximal) log-probs, sampler mismatch weighted
             anchor_B_T = logprobs_B_T.detach()
@@ -236,7 +261,7 @@ class PolicyUpdater:
             context = self.model.disable_adapter()
         with context:
             return token_logprobs(reference, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                  self.optim_config.temperature)
+                                  self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T))
 
     def apply(self) -> dict[str, float]:
         """Rescale accumulated gradients to a token-mean, clip, step; bump the version."""

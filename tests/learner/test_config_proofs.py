@@ -215,6 +215,7 @@ PROOFS: dict[str, Proof] = {
     # ---- threads --------------------------------------------------------------------------
     "threads.learner": changes("tests/trainer/test_threads.py::test_trainer_budgets_are_in_force_and_reported"),
     "threads.decoder": changes("tests/trainer/test_threads.py::test_trainer_budgets_are_in_force_and_reported"),
+    "threads.sharing": changes("tests/trainer/test_threads.py::test_learner_runs_where_the_sharing_says"),
     # ---- eval -----------------------------------------------------------------------------
     "eval.every_steps": changes(RUN),
     "eval.num_tasks": changes(RUN, BUILD),

@@ -238,3 +238,35 @@ def test_episodes_that_ended_before_their_first_turn_are_skipped(tiny):
     assert microbatches([3, 0, 5], 4096) == [[0, 2]]
     for a, b in zip(plain.model.parameters(), mixed.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_prompt_positions_are_not_scored_and_the_update_is_unchanged(tiny, monkeypatch):
+    """Logits are computed from one position before the first loss token on (a prompt's own
+    logits feed nothing); log-probs there and the update equal those of the full forward."""
+    import spo_agents.learner.update as update
+
+    prompt = tiny.tokenizer.encode("<|im_start|>user\nadd 2 and 3, then 4<|im_end|>\n<|im_start|>assistant\n")
+    base = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3))
+    samples = [sample_for(base, prompt[k:], tiny.tokenizer.encode(text))
+               for k, text in ((0, "5 then 9"), (3, "it is 9"), (5, "nine"))]
+    mask_B_T = torch.tensor([[0.0] * 4 + [1.0] * 3, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    assert update.first_scored_position(mask_B_T) == 1
+    assert update.first_scored_position(torch.zeros(2, 7)) == 5
+
+    ids_B_T = torch.tensor([samples[0].token_ids])
+    full_T = update.token_logprobs(base.model, ids_B_T, torch.ones_like(ids_B_T))[0]
+    first = len(prompt) - 1
+    cut_T = update.token_logprobs(base.model, ids_B_T, torch.ones_like(ids_B_T), first=first)[0]
+    assert torch.allclose(cut_T[first + 1:], full_T[first + 1:], atol=1e-5) and not cut_T[: first + 1].any()
+
+    advantages = [0.9, -0.4, 0.6]
+    restricted = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3))
+    restricted.step(samples, advantages)
+    monkeypatch.setattr(update, "first_scored_position", lambda mask: 0)
+    everywhere = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3))
+    everywhere.step(samples, advantages)
+    for a, b in zip(restricted.model.parameters(), everywhere.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    for cut, full, sample in zip(restricted.last_logprobs, everywhere.last_logprobs, samples):
+        mask = np.array(sample.loss_mask, dtype=bool)
+        assert np.allclose(cut[mask], full[mask], atol=1e-5)
