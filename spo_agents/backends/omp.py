@@ -4,7 +4,7 @@ Why: PyTorch's CPU kernels run on OpenMP (libgomp), which gives every thread tha
 parallel op a team of its own and keeps the team's workers after the op. Once the process holds
 more OpenMP threads than cores, idle or not, libgomp lets idle workers spin only briefly
 (GOMP_SPINCOUNT throttled from 300,000 to 100), so every parallel region wakes its team through
-the kernel: on a 2-core machine a learner step ran 40-55% slower that way (trainer/threads.py).
+the kernel: on a 2-core machine a learner step ran 25-55% slower that way (trainer/threads.py).
 A team ends with its thread; `in_own_thread` runs set-up work (loading a model, a warm start,
 a baseline measurement) in a thread that ends, so the caller's thread is left without one.
 """

@@ -8,9 +8,9 @@ that does gets its own OpenMP team. Two things follow on a CPU:
 - Even when they take turns, libgomp (PyTorch's OpenMP) counts every team's threads, idle ones
   included, and once the process holds more of them than it has cores it stops idle workers
   from spinning (GOMP_SPINCOUNT throttled from 300,000 to 100): every parallel region then wakes
-  its workers through the kernel. Measured on the 2-core container: a learner step in a second
-  thread while the main thread kept a team took 1.65-1.8 s and 42,000 context switches, against
-  1.1-1.2 s and 400 with one team (`/work/exp/omp_test.py`-style runs, see docs/training.md).
+  its workers through the kernel. `scripts/omp_teams.py` on the 2-core container: a learner step
+  in a second thread while the main thread kept a team took 1.36-1.72 s and 8,400 context
+  switches per step, against 1.09-1.28 s and about 50 with one team (docs/training.md).
 
 So the trainer keeps the process's OpenMP threads within the cores:
 - `sharing: alternate`: the learner's work runs on the decoding thread itself, between two
