@@ -40,7 +40,10 @@ def test_two_process_fsdp_steps_match_the_single_process_steps_and_resume(tmp_pa
         assert set(gathered) == set(state)
         moved = max(float((state[k] - initial[k]).abs().max()) for k in state)
         worst = max(float((state[k] - gathered[k]).abs().max()) for k in state)
-        assert moved > 1e-3 and worst < 1e-3 * moved, (step, moved, worst)
+        # Adam's first steps divide by |g| + 1e-8: where a gradient is itself near 1e-8, float
+        # rounding of the shards' differently cut micro-batches moves the update by up to ~0.2%
+        # of the largest one (seen: 0.09-0.18%); a wrong normalisation would be of order `moved`
+        assert moved > 1e-3 and worst < 5e-3 * moved, (step, moved, worst)
     partition_dependent = {"loss/ratio_max"}  # a max over micro-batches, which sharding cuts differently
     for ours, theirs in zip(sharded["metrics"], single, strict=True):
         assert set(ours) == set(theirs)
