@@ -14,8 +14,9 @@
 #   vllm         a separate venv (.venv-vllm) with vLLM; its in-process test, then a real
 #                `vllm serve` driven through the client's weight-update path (gpu_vllm_check.py)
 # On a machine without network whose own Python already has torch with CUDA (and the project's
-# dependencies on PYTHONPATH), set PY=python3 SKIP_INSTALL=1 SKIP_VLLM=1, and BENCH_MODEL=tiny
-# where the SmolLM2 file is not there.
+# dependencies on PYTHONPATH), set PY=python3 SKIP_INSTALL=1 SKIP_VLLM=1, BENCH_MODEL=tiny where
+# the SmolLM2 file is not there, GPU_TEST_PATHS=tests/gpu where optional extras are missing, and
+# USE_HUB_KERNELS=0 where transformers' `kernels` package is not installed.
 # Output: OUT_DIR/gpu-check.json (status, seconds and the numbers of every step) and each step's
 # log. Record the figures in docs/benchmarks.md with the machine they came from.
 set -uo pipefail
@@ -53,7 +54,8 @@ if [ "${SKIP_INSTALL:-0}" = 1 ]; then echo "install skipped (SKIP_INSTALL=1): us
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA'; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))" \
     > "$OUT/torch.txt" 2>&1 || { cat "$OUT/torch.txt"; echo "torch in .venv cannot use the GPU" >&2; }
 
-run_step gpu-tests "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+# GPU_TEST_PATHS narrows collection (e.g. tests/gpu where optional extras are missing)
+run_step gpu-tests "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" ${GPU_TEST_PATHS:-}
 run_step bench "$PY" -m spo_agents bench generation --device cuda --model "$BENCH_MODEL" --requests 64 \
     --max-new-tokens 128 --baseline-requests 4
 run_step train "$PY" -m spo_agents train --config cpu-default --set device=cuda --set warm_start.device=cuda \
