@@ -49,16 +49,21 @@ def test_bf16_learner_step_on_cuda_agrees_with_the_fp32_cpu_step(tokenizer):
     ids = [s.token_ids for s in samples]
     for a, b in zip(cpu.logprobs(ids), gpu.logprobs(ids)):  # bf16 autocast on CUDA, fp32 on CPU
         assert abs(a - b).max() < 0.05
+    # the gradients agree up to bf16 rounding (compared before AdamW: its first step moves each
+    # weight by about lr * sign(gradient), so a gradient near zero may flip sign under rounding)
+    cpu.accumulate(samples, advantages)
+    gpu.accumulate(samples, advantages)
+    cpu_grad = torch.cat([p.grad.flatten() for p in cpu_model.parameters()])
+    gpu_grad = torch.cat([p.grad.flatten().cpu() for p in gpu_model.parameters()])
+    assert float((gpu_grad - cpu_grad).norm() / cpu_grad.norm()) < 0.05
     before = {k: v.detach().clone() for k, v in gpu_model.state_dict().items()}
-    cpu_metrics, gpu_metrics = cpu.step(samples, advantages), gpu.step(samples, advantages)
+    cpu_metrics, gpu_metrics = cpu.apply(), gpu.apply()
     assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in gpu_model.parameters())
     assert all(torch.isfinite(p).all() for p in gpu_model.parameters())
     moved = max(float((gpu_model.state_dict()[k] - before[k]).abs().max()) for k in before)
     assert moved > 1e-4
     assert abs(gpu_metrics["grad_norm"] - cpu_metrics["grad_norm"]) < 0.05 * cpu_metrics["grad_norm"]
     assert gpu_metrics["train_tokens"] == cpu_metrics["train_tokens"]
-    diff = max(float((gpu_model.state_dict()[k].cpu() - cpu_model.state_dict()[k]).abs().max()) for k in before)
-    assert diff < 0.1 * moved + 1e-5  # the same update up to bf16 rounding
 
 
 def test_backend_generation_on_cuda_batched_equals_single_and_bf16_runs(tokenizer):
