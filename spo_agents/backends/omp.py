@@ -28,7 +28,8 @@ def in_own_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         except BaseException as exc:  # re-raised in the caller
             outcome["error"] = exc
 
-    thread = threading.Thread(target=target, name="spo-setup")
+    # a daemon, so that Ctrl-C in the waiting caller ends the process instead of waiting for it
+    thread = threading.Thread(target=target, name="spo-setup", daemon=True)
     thread.start()
     thread.join()
     if "error" in outcome:

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from spo_agents.backends.models import LoadedModel, load_model
+from spo_agents.backends.omp import in_own_thread
 from spo_agents.backends.transformers_backend import TransformersBackend
 from spo_agents.chat import ChatFormatter
 from spo_agents.env.registry import registered_ids
 from spo_agents.trainer.lora import LoraSettings, merged_state_dict, wrap_with_lora
-from spo_agents.backends.omp import in_own_thread
 
 
 @dataclass
