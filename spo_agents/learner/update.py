@@ -246,7 +246,7 @@ class PolicyUpdater:
         if lc.tis_cap is not None:  # ratio on the step-start (proximal) log-probs, sampler mismatch weighted
             anchor_B_T = logprobs_B_T.detach()
             tis_weights_B_T = importance_weights(anchor_B_T, batch.behaviour_logprobs_B_T)
-        ref_logprobs_B_T = self._reference_logprobs(batch) if self.reference_model is not None else None
+        ref_logprobs_B_T = self._reference_logprobs(batch, first) if self.reference_model is not None else None
         loss, metrics = policy_loss(logprobs_B_T, anchor_B_T, advantages_B, mask_B_T,
                                     clip_low=lc.clip_low, clip_high=lc.clip_high, dual_clip=lc.dual_clip,
                                     tis_weights_B_T=tis_weights_B_T, tis_cap=lc.tis_cap,
@@ -255,13 +255,13 @@ class PolicyUpdater:
         return loss, metrics, logprobs_B_T
 
     @torch.no_grad()
-    def _reference_logprobs(self, batch: _Microbatch) -> torch.Tensor:
+    def _reference_logprobs(self, batch: _Microbatch, first: int) -> torch.Tensor:
         reference, context = self.reference_model, contextlib.nullcontext()
         if reference is self.model:  # LoRA: the base model is the reference, adapters switched off
             context = self.model.disable_adapter()
         with context:
             return token_logprobs(reference, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                  self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T))
+                                  self.optim_config.temperature, first)
 
     def apply(self) -> dict[str, float]:
         """Rescale accumulated gradients to a token-mean, clip, step; bump the version."""

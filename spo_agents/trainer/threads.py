@@ -97,8 +97,8 @@ def plan_threads(config: ThreadsConfig, cores: int, overlapped: bool, local_deco
         config.sharing is Sharing.AUTO and not overlapped and not own_learner_count))
     if alternate:
         decoder = config.decoder or cores
-        reason = "learner and decoder take turns on one thread" if overlapped or config.sharing is Sharing.ALTERNATE \
-            else "phases alternate: one thread, every core"
+        reason = "phases alternate: one thread, every core" if config.sharing is Sharing.AUTO \
+            else "learner and decoder take turns on one thread"
         return ThreadBudget(decoder, decoder, cores, reason + ("; set in the config" if config.decoder else ""),
                             alternate=True)
     if overlapped and local_decoder and cores > 1:
