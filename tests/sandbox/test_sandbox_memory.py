@@ -41,25 +41,38 @@ while len(kept) < 240:
     kept.append(fd)
     print(6 * len(kept), flush=True)
 '''
-# Children each fill 192 MB (well under their own RLIMIT_AS), report, and keep it; once every
-# child has reported or died, the ones still alive hold their memory at the same time.
+# Children each fill 192 MB (well under their own RLIMIT_AS) and report. Once every child has
+# reported or died, the parent asks each reporter to read its block back: a child the OOM killer
+# chose may not have exited yet when the last one reports (a bare waitpid check raced with it),
+# but it cannot answer, so the children that answer held their blocks at the same time.
 FORKED_HOARD = r'''
-import os, signal, time
+import os, signal
 children = {}
 for _ in range(6):
-    r, w = os.pipe()
+    report_r, report_w = os.pipe()
+    ask_r, ask_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(report_r); os.close(ask_w)
         block = b"\x01" * (192 << 20)
-        os.write(w, b"held")
-        time.sleep(60)
+        os.write(report_w, b"held")
+        os.read(ask_r, 1)
+        os.write(report_w, b"ok" if block.count(1) == len(block) else b"no")
+        os.read(ask_r, 1)
         os._exit(0)
-    os.close(w)
-    children[pid] = r
-reported = {pid for pid, r in children.items() if os.read(r, 4) == b"held"}
-alive = {pid for pid in children if os.waitpid(pid, os.WNOHANG) == (0, 0)}
-print(len(reported & alive), len(reported))
-for pid in alive:
+    os.close(report_w); os.close(ask_r)
+    children[pid] = (report_r, ask_w)
+reported = [pid for pid, (r, _) in children.items() if os.read(r, 4) == b"held"]
+holding = 0
+for pid in reported:
+    report_r, ask_w = children[pid]
+    try:
+        os.write(ask_w, b"?")
+    except BrokenPipeError:
+        continue
+    holding += os.read(report_r, 2) == b"ok"
+print(holding, len(reported))
+for pid in children:
     os.kill(pid, signal.SIGKILL)
 '''
 
