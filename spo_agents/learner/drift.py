@@ -124,18 +124,26 @@ def _stored_drift(episode: StoredEpisode, logprobs_now_T: Sequence[float]) -> fl
     return float(np.abs(episode.policy_logprobs.astype(np.float64) - now_policy).mean())
 
 
-def _read_off(
-    episode: StoredEpisode, token_ids: Sequence[int], forward_logprobs_T: Sequence[float]
-) -> np.ndarray | None:
-    """The stored episode's log-probs under the weights of a forward pass over `token_ids`,
-    padded to its length, when `token_ids` repeats it up to its last policy token (then the
-    forward scored exactly those tokens in exactly that context); None otherwise."""
+def _policy_end(episode: StoredEpisode) -> int:
+    """One past the stored episode's last policy token (0 without any)."""
     positions = np.flatnonzero(episode.loss_mask)
-    end = int(positions[-1]) + 1 if positions.size else 0
-    if len(token_ids) < end or len(forward_logprobs_T) < end:
-        return None
-    if not np.array_equal(np.asarray(token_ids[:end], dtype=np.int64), episode.token_ids[:end]):
-        return None
+    return int(positions[-1]) + 1 if positions.size else 0
+
+
+def _repeats(episode: StoredEpisode, token_ids: Sequence[int]) -> bool:
+    """Whether `token_ids` repeats the stored episode up to its last policy token, so that a
+    forward pass over `token_ids` scores exactly those tokens in exactly that context."""
+    end = _policy_end(episode)
+    return len(token_ids) >= end and np.array_equal(np.asarray(token_ids[:end], dtype=np.int64),
+                                                    episode.token_ids[:end])
+
+
+def _read_off(episode: StoredEpisode, forward_logprobs_T: Sequence[float]) -> np.ndarray:
+    """The stored episode's log-probs taken from a forward over tokens that repeat it
+    (`_repeats`), padded to its length."""
+    end = _policy_end(episode)
+    if len(forward_logprobs_T) < end:
+        raise ValueError(f"the forward gave {len(forward_logprobs_T)} log-probs for a stored prefix of {end}")
     now_T = np.zeros(episode.num_tokens, dtype=np.float64)
     now_T[:end] = _as_float_array(forward_logprobs_T)[:end]
     return now_T
@@ -266,6 +274,28 @@ class DriftCache:
             self.store(task_id, ids, mask, _as_float_array(logprobs)[: len(ids)], policy_version)
         return drifts_B
 
+    def _revisits(self, task_ids: Sequence[TaskId], token_ids_list: Sequence[Sequence[int]]
+                  ) -> tuple[list[tuple[int, StoredEpisode]], list[tuple[int, StoredEpisode]]]:
+        """The tasks seen before, split into those whose new episode repeats the stored one (read
+        off the training forward) and those whose stored episode must be re-scored."""
+        read_off: list[tuple[int, StoredEpisode]] = []
+        rescore: list[tuple[int, StoredEpisode]] = []
+        for i, task_id in enumerate(task_ids):
+            episode = self._episodes.get(task_id)
+            if episode is not None:
+                (read_off if _repeats(episode, token_ids_list[i]) else rescore).append((i, episode))
+        return read_off, rescore
+
+    def to_rescore(self, task_ids: Sequence[TaskId], token_ids_list: Sequence[Sequence[int]]
+                   ) -> tuple[list[list[int]], list[list[int]]]:
+        """The (token ids, loss masks) that `measure_and_store_from_forward` will pass to its
+        `logprob_fn` for these episodes, in that order: a caller may score them ahead, e.g. on
+        another thread while the training forward runs, and hand over a `logprob_fn` that
+        returns those scores."""
+        _, rescore = self._revisits(task_ids, token_ids_list)
+        return ([ep.token_ids.tolist() for _, ep in rescore],
+                [ep.loss_mask.astype(np.int64).tolist() for _, ep in rescore])
+
     def measure_and_store_from_forward(
         self,
         task_ids: Sequence[TaskId],
@@ -281,23 +311,15 @@ class DriftCache:
         (the weights at step start). D for each task against what the cache held: read off the
         training forward when episode i repeats the stored episode up to its last policy token,
         otherwise re-scored by `logprob_fn` (which must score with the same weights) in one
-        call. Then the episodes are stored with their training-forward log-probs. Returns D per
-        episode and counts: tasks seen again, read off the forward, re-scored."""
+        call (the episodes `to_rescore` names). Then the episodes are stored with their
+        training-forward log-probs. Returns D per episode and counts: tasks seen again, read
+        off the forward, re-scored."""
         if not len(task_ids) == len(token_ids_list) == len(loss_masks) == len(forward_logprobs):
             raise ValueError("task_ids, token_ids_list, loss_masks and forward_logprobs differ in length")
         drifts_B = np.zeros(len(task_ids), dtype=np.float64)
-        rescore: list[tuple[int, StoredEpisode]] = []
-        revisits = 0
-        for i, task_id in enumerate(task_ids):
-            episode = self._episodes.get(task_id)
-            if episode is None:
-                continue
-            revisits += 1
-            now_T = _read_off(episode, token_ids_list[i], forward_logprobs[i])
-            if now_T is None:
-                rescore.append((i, episode))
-            else:
-                drifts_B[i] = _stored_drift(episode, now_T)
+        read_off, rescore = self._revisits(task_ids, token_ids_list)
+        for i, episode in read_off:
+            drifts_B[i] = _stored_drift(episode, _read_off(episode, forward_logprobs[i]))
         if rescore:
             scored = logprob_fn(
                 [ep.token_ids.tolist() for _, ep in rescore],
@@ -309,7 +331,8 @@ class DriftCache:
             task_ids, token_ids_list, loss_masks, forward_logprobs, strict=True
         ):
             self.store(task_id, list(ids), list(mask), _as_float_array(logprobs), policy_version)
-        counts = {"revisits": float(revisits), "read_off_forward": float(revisits - len(rescore)),
+        revisits = len(read_off) + len(rescore)
+        counts = {"revisits": float(revisits), "read_off_forward": float(len(read_off)),
                   "rescored": float(len(rescore))}
         return drifts_B, counts
 

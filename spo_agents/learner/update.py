@@ -34,6 +34,7 @@ import torch
 
 from spo_agents.learner.config import LossConfig
 from spo_agents.learner.loss import importance_weights, policy_loss
+from spo_agents.learner.shared_prefix import causal_lm_logits, shared_prefix_length
 from spo_agents.rollout.episode import TrainingSample
 
 
@@ -47,6 +48,10 @@ class OptimConfig(pydantic.BaseModel):
     microbatch_tokens: int = pydantic.Field(1024, ge=16, description="token budget of one micro-batch (padded); "
                                             "activation memory grows with it (4096 took 1.6x the peak RSS of 1024 "
                                             "in `bench learner`, at the same speed on CPU)")
+    share_prefix: bool = pydantic.Field(True, description="compute the prompt prefix that every row of a "
+                                        "micro-batch shares (chat header, system prompt, tool schemas) once, forward "
+                                        "and backward, instead of once per row; the same gradient up to float "
+                                        "rounding (learner/shared_prefix.py)")
     temperature: float = pydantic.Field(1.0, gt=0, description="T of log_softmax(logits / T); equal to the "
                                         "sampling temperature so ratios compare like with like")
     schedule: Literal["constant", "linear", "cosine"] = pydantic.Field(
@@ -123,13 +128,14 @@ def first_scored_position(loss_mask_B_T: torch.Tensor) -> int:
 
 
 def _shifted_logits(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
-                    temperature: float, first: int = 0) -> torch.Tensor:
-    """Logits at positions first..T-2 (each predicting the next token), fp32, divided by temperature."""
+                    temperature: float, first: int = 0, share_prefix: bool = False) -> torch.Tensor:
+    """Logits at positions first..T-2 (each predicting the next token), fp32, divided by temperature.
+    With `share_prefix`, the tokens all rows start with (up to `first`) go through the model once."""
     on_gpu = token_ids_B_T.device.type == "cuda"
     keep = token_ids_B_T.shape[1] - first
+    prefix = shared_prefix_length(token_ids_B_T, attention_mask_B_T, first) if share_prefix else 0
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):  # bf16 on GPU, fp32 on CPU
-        logits_B_K_V = model(input_ids=token_ids_B_T, attention_mask=attention_mask_B_T,
-                             logits_to_keep=keep).logits.float()
+        logits_B_K_V = causal_lm_logits(model, token_ids_B_T, attention_mask_B_T, keep, prefix).float()
     logits_B_K_V = logits_B_K_V[:, -keep:]  # a model that ignores logits_to_keep returns every position
     return logits_B_K_V[:, :-1] / temperature
 
@@ -150,11 +156,11 @@ def _entropy(logits_B_K_V: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def token_logprobs(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.Tensor,
-                   temperature: float = 1.0, first: int = 0) -> torch.Tensor:
+                   temperature: float = 1.0, first: int = 0, share_prefix: bool = False) -> torch.Tensor:
     """log p(token_t | tokens_<t) under `model`, aligned to positions (0 at position 0 and
     before `first + 1`)."""
-    return _picked_logprobs(_shifted_logits(model, token_ids_B_T, attention_mask_B_T, temperature, first),
-                            token_ids_B_T)
+    return _picked_logprobs(_shifted_logits(model, token_ids_B_T, attention_mask_B_T, temperature, first,
+                                            share_prefix), token_ids_B_T)
 
 
 # loss terms that policy_loss reports as sums when its normaliser is 1 (logged as token-means)
@@ -178,6 +184,13 @@ class PolicyUpdater:
         self.last_logprobs: list[np.ndarray] = []  # detached training-forward log-probs of the last accumulate()
         self.reference_model = _frozen_reference(model) if self.loss_config.kl_coef > 0 else None
 
+    @property
+    def scoring_may_overlap(self) -> bool:
+        """Whether `logprobs` may run in another thread while `accumulate` runs here (both only read
+        the weights): not when the KL reference is this model with its LoRA adapters switched off
+        for a moment."""
+        return self.reference_model is not self.model
+
     def _build(self, samples: Sequence[TrainingSample], indices: list[int]) -> _Microbatch:
         rows = [samples[i] for i in indices]
         return _Microbatch(
@@ -200,7 +213,8 @@ class PolicyUpdater:
         for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
             batch = self._build(samples, indices)
             logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                          self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T))
+                                          self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T),
+                                          self.optim_config.share_prefix)
             for row, index in enumerate(indices):
                 out[index] = logprobs_B_T[row, : len(samples[index])].double().cpu().numpy()
         return out
@@ -238,7 +252,7 @@ class PolicyUpdater:
         lc = self.loss_config
         first = first_scored_position(batch.loss_mask_B_T)
         logits_B_K_V = _shifted_logits(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                       self.optim_config.temperature, first)
+                                       self.optim_config.temperature, first, self.optim_config.share_prefix)
         logprobs_B_T = _picked_logprobs(logits_B_K_V, batch.token_ids_B_T)
         entropy_B_T = _entropy(logits_B_K_V, batch.token_ids_B_T.shape[1]) if lc.entropy_coef > 0 else None
         del logits_B_K_V
@@ -261,7 +275,7 @@ class PolicyUpdater:
             context = self.model.disable_adapter()
         with context:
             return token_logprobs(reference, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                  self.optim_config.temperature, first)
+                                  self.optim_config.temperature, first, self.optim_config.share_prefix)
 
     def apply(self) -> dict[str, float]:
         """Rescale accumulated gradients to a token-mean, clip, step; bump the version."""

@@ -7,7 +7,10 @@ SPO and GRPO side by side, on top of the pure functions in `spo_agents.learner`:
   `running_moments`, `ema_decay`, `normalize`, `ddof`, `spo_eps`). `learner_step` runs the
   update and measures drift D with the configured estimator (the log-probs of the training
   forward, a no-grad pass only where the estimator needs one), then rho and the tracker update
-  follow (the reference code's order: update, drift, rho, tracker).
+  follow (the reference code's order: update, drift, rho, tracker). Given a `side_runner` (the
+  local decoder's thread, which the trainer passes when the learner has a thread of its own),
+  `stored_episode`'s no-grad pass runs there while the training forward runs here: both read
+  the step-start weights, and the decoder has slack while the learner is the bottleneck.
 - `GRPOAlgorithm`: group mean/std baseline over complete groups; degenerate groups counted.
 Both apply the staleness bound: an episode more than `max_staleness` versions behind the
 learner is dropped or down-weighted.
@@ -15,9 +18,10 @@ learner is dropped or down-weighted.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,7 +35,7 @@ from spo_agents.learner import (
 )
 from spo_agents.learner.config import DriftEstimator, Normalization
 from spo_agents.learner.drift import behaviour_ratio_drift
-from spo_agents.learner.update import PolicyUpdater
+from spo_agents.learner.update import PolicyUpdater, microbatches
 from spo_agents.rollout.episode import Episode, TrainingSample
 from spo_agents.trainer.config import SPOUpdate, StalenessPolicy, TrainConfig
 
@@ -45,6 +49,32 @@ class Batch:
     metrics: dict[str, float] = field(default_factory=dict)
     baselines: list[float] = field(default_factory=list)  # what each reward was compared with (SPO: v_before,
     # GRPO: its group's mean reward), so a callback can see the raw advantage r - b and the tracker's calibration
+
+
+# submits fn(*args) to another thread; the future holds its result (TransformersBackend.run_between_steps)
+SideRunner = Callable[..., concurrent.futures.Future]
+
+
+class ScoredAhead:
+    """Log-probs of the stored episodes D must re-score, computed on a side thread while the
+    training forward runs; a `logprob_fn` for `DriftCache.measure_and_store_from_forward`."""
+
+    def __init__(self, updater: PolicyUpdater, token_ids: list[list[int]], loss_masks: list[list[int]],
+                 side_runner: SideRunner):
+        self.token_ids = token_ids
+        # one job per micro-batch, so the decoder steps between them rather than stalling for the whole pass
+        groups = microbatches([len(ids) for ids in token_ids], updater.optim_config.microbatch_tokens)
+        self.jobs = [(group, side_runner(updater.logprobs, [token_ids[i] for i in group],
+                                         [loss_masks[i] for i in group])) for group in groups]
+
+    def __call__(self, token_ids: list[list[int]], loss_masks: list[list[int]]) -> list[np.ndarray]:
+        if token_ids != self.token_ids:
+            raise RuntimeError("the drift cache asked for other episodes than were scored ahead")
+        scored: list[np.ndarray] = [np.zeros(0)] * len(token_ids)
+        for group, job in self.jobs:
+            for index, logprobs in zip(group, job.result(), strict=True):
+                scored[index] = logprobs
+        return scored
 
 
 def staleness_weight(episode: Episode, learner_version: int, config: TrainConfig) -> float:
@@ -109,17 +139,20 @@ class SPOAlgorithm:
         metrics.update(_staleness_metrics(episodes, version))
         return Batch(episodes, samples, [float(a) for a in advantages], weights, metrics, values.tolist())
 
-    def learner_step(self, updater: PolicyUpdater, batch: Batch) -> dict[str, float]:
+    def learner_step(self, updater: PolicyUpdater, batch: Batch, side_runner: SideRunner | None = None
+                     ) -> dict[str, float]:
         """The update (collect: forward/backward of the batch; accumulate: gradients already summed on
         arrival), drift D from the configured estimator, rho, tracker update; returns metrics
-        (`learner/drift_s`: seconds spent measuring D, the update excluded)."""
+        (`learner/drift_s`: seconds spent measuring D, the update excluded, waiting for a pass
+        on `side_runner` included)."""
+        ahead = self._score_ahead(updater, batch, side_runner)
         if self.config.spo_update is SPOUpdate.ACCUMULATE:
             forward = [self._arrival_logprobs.pop(id(e)) for e in batch.episodes]
         else:
             updater.accumulate(batch.samples, batch.advantages, batch.weights)
             forward = updater.last_logprobs
         started = time.perf_counter()
-        drifts, metrics = self._drift_before_update(updater, batch, forward)
+        drifts, metrics = self._drift_before_update(updater, batch, forward, ahead)
         drift_s = time.perf_counter() - started
         metrics.update(updater.apply())
         if drifts is None:  # stored_episode_rescore: measured under the updated weights
@@ -137,8 +170,17 @@ class SPOAlgorithm:
                         "learner/drift_s": drift_s})
         return metrics
 
-    def _drift_before_update(self, updater: PolicyUpdater, batch: Batch, forward: list[np.ndarray]
-                             ) -> tuple[np.ndarray | None, dict[str, float]]:
+    def _score_ahead(self, updater: PolicyUpdater, batch: Batch, side_runner: SideRunner | None
+                     ) -> ScoredAhead | None:
+        """stored_episode with a side runner: start the re-scoring pass there before the forward."""
+        if side_runner is None or self.config.tracker.drift_estimator is not DriftEstimator.STORED_EPISODE:
+            return None
+        token_ids, loss_masks = self.drift_cache.to_rescore([e.task_id for e in batch.episodes],
+                                                            [s.token_ids for s in batch.samples])
+        return ScoredAhead(updater, token_ids, loss_masks, side_runner) if token_ids else None
+
+    def _drift_before_update(self, updater: PolicyUpdater, batch: Batch, forward: list[np.ndarray],
+                             ahead: ScoredAhead | None = None) -> tuple[np.ndarray | None, dict[str, float]]:
         """D from the training forward's log-probs (step-start weights); None when the estimator
         measures after the update."""
         estimator = self.config.tracker.drift_estimator
@@ -148,7 +190,8 @@ class SPOAlgorithm:
         if estimator is DriftEstimator.STORED_EPISODE:  # a pass, if any, with the forward's weights
             drifts, counts = self.drift_cache.measure_and_store_from_forward(
                 [e.task_id for e in batch.episodes], [s.token_ids for s in batch.samples],
-                [s.loss_mask for s in batch.samples], forward, updater.logprobs, updater.version)
+                [s.loss_mask for s in batch.samples], forward, ahead or updater.logprobs, updater.version)
+            counts["rescored_aside"] = counts["rescored"] if ahead is not None else 0.0
             return drifts, {f"drift/{k}": v for k, v in counts.items()}
         return None, {}
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from spo_agents.learner import DriftCache, TaskSampler, ValueTracker, read_value_table
+from spo_agents.learner.config import DriftEstimator
 from spo_agents.learner.update import PolicyUpdater
 from spo_agents.rollout.config import RolloutMode
 from spo_agents.rollout.engine import RolloutEngine
@@ -170,8 +171,14 @@ class Trainer:
         self._learner_pool = ThreadPoolExecutor(1, thread_name_prefix="spo-learner", initializer=use_threads,
                                                 initargs=(self.threads.learner,))
         self.learner_threads_in_force, self.learner_thread = 0, ""
+        # SPO's stored-episode pass runs on the decoder's thread beside the learner's forward (algorithms.py)
+        aside = (local and not self.threads.alternate and config.algo is Algo.SPO
+                 and config.tracker.drift_estimator is DriftEstimator.STORED_EPISODE
+                 and getattr(self.updater, "scoring_may_overlap", False))
+        self.side_runner = self.policy.backend.run_between_steps if aside else None
         if self.show_progress:
-            print(self.threads.describe(), flush=True)
+            print(self.threads.describe() + ("; SPO's drift pass on the decoder's thread" if aside else ""),
+                  flush=True)
 
     async def _learn(self, fn: Callable, *args: Any) -> Any:
         """Run learner work on the decoder's thread (sharing: alternate) or in the learner
@@ -299,7 +306,7 @@ class Trainer:
         self.callbacks.emit("on_batch", self, batch)
         started = time.monotonic()
         if self.config.algo is Algo.SPO:  # the update, drift D, rho and the tracker update
-            metrics = await self._learn(self.spo.learner_step, self.updater, batch)
+            metrics = await self._learn(self.spo.learner_step, self.updater, batch, self.side_runner)
         else:
             metrics = await self._learn(self.updater.step, batch.samples, batch.advantages, batch.weights)
         weights = self._backend_weights()

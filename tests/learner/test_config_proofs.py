@@ -206,6 +206,8 @@ PROOFS: dict[str, Proof] = {
     "optim.grad_clip": changes(f"{UPDATE}::test_grad_clip_bounds_the_gradient_the_optimiser_sees"),
     "optim.microbatch_tokens": changes(BUILD, f"{UPDATE}::test_accumulating_one_episode_at_a_time_equals_one_"
                                        "batch_step", f"{UPDATE}::test_microbatches_respect_token_budget"),
+    "optim.share_prefix": changes("tests/learner/test_shared_prefix.py::test_shared_prefix_forward_equals_the_plain_"
+                                  "forward"),
     "optim.temperature": changes(f"{UPDATE}::test_optim_temperature_scales_the_logits_of_every_log_prob", BUILD),
     "optim.schedule": changes(f"{RUN_SETUP}::test_lr_schedules", f"{RUN_SETUP}::test_env_from_a_file_path_trains_"
                               "with_a_decaying_lr"),

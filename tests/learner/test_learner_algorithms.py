@@ -162,6 +162,51 @@ def test_stored_episode_reads_revisits_off_the_training_forward(tiny):
     assert second["rho/min"] == pytest.approx(min(rho_from_drift(np.array(expected))), rel=1e-6)
 
 
+def test_stored_episode_pass_runs_on_the_decoders_thread_beside_the_training_forward(tiny):
+    """With a side runner (the trainer passes the local decoder's `run_between_steps`), the
+    re-scoring pass is started before the training forward and runs on the decode thread; D,
+    rho and the stored episodes are those of the pass made in line."""
+    import threading
+
+    from spo_agents.backends.transformers_backend import TransformersBackend
+
+    results = {}
+    for aside in (False, True):
+        spo, updater = _spo("tracker.drift_estimator=stored_episode"), CountingUpdater(tiny)
+        _step(spo, updater, [_on_policy(updater, "a", 1.0, [11, 12, 13]), _on_policy(updater, "b", 0.0, [21, 22])])
+        again = [_on_policy(updater, "a", 0.0, [11, 12, 13]), _on_policy(updater, "b", 1.0, [23, 24, 25])]
+        for episode in again:
+            spo.on_arrival(episode)
+        batch = spo.make_batch(again, updater.version)
+        ran_on = []
+        with TransformersBackend(copy.deepcopy(tiny.model), tiny.tokenizer) as backend:
+            def side_runner(fn, *args):
+                ran_on.append(threading.current_thread().name)  # where the job is submitted from
+                return backend.run_between_steps(lambda: (ran_on.append(threading.current_thread().name),
+                                                          fn(*args))[1])
+            metrics = spo.learner_step(updater, batch, side_runner if aside else None)
+        results[aside] = metrics, ran_on, spo.drift_cache.get("b").policy_logprobs
+    (inline, inline_threads, inline_b), (side, side_threads, side_b) = results[False], results[True]
+    assert inline_threads == [] and side_threads == [threading.current_thread().name, "spo-transformers-decode"]
+    assert (side["drift/rescored"], side["drift/rescored_aside"], inline["drift/rescored_aside"]) == (1, 1, 0)
+    assert side["drift/mean"] == pytest.approx(inline["drift/mean"], rel=1e-9) and side["drift/mean"] > 0
+    assert side["rho/min"] == inline["rho/min"] and np.array_equal(side_b, inline_b)
+
+
+def test_scores_made_ahead_must_be_the_ones_the_cache_asks_for(tiny):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spo_agents.trainer.algorithms import ScoredAhead
+
+    updater = CountingUpdater(tiny)
+    with ThreadPoolExecutor(1) as pool:
+        ahead = ScoredAhead(updater.inner, [[5, 6, 7, 8]], [[0, 0, 1, 1]], pool.submit)
+        assert ahead([[5, 6, 7, 8]], [[0, 0, 1, 1]])[0] == pytest.approx(updater.inner.logprobs(
+            [[5, 6, 7, 8]], [[0, 0, 1, 1]])[0])
+        with pytest.raises(RuntimeError, match="other episodes"):
+            ahead([[5, 6, 7, 9]], [[0, 0, 1, 1]])
+
+
 def test_behaviour_ratio_makes_no_pass_and_compares_sampler_with_training_forward(tiny):
     spo, updater = _spo("tracker.drift_estimator=behaviour_ratio"), CountingUpdater(tiny)
     fresh = _on_policy(updater, "a", 1.0, [11, 12, 13])

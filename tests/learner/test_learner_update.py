@@ -59,7 +59,9 @@ def test_accumulating_one_episode_at_a_time_equals_one_batch_step(tiny):
     samples = [sample_for(base, prompt, tiny.tokenizer.encode(text)) for text in ("5", "six", "it is 5 ok")]
     advantages = [0.7, -1.2, 0.5]
 
-    batched = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, microbatch_tokens=4096))
+    # the plain forward on both sides: sharing the prompt across rows only reorders float sums
+    # (test_shared_prefix.py), which AdamW's first step can magnify past this tolerance
+    batched = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, microbatch_tokens=4096, share_prefix=False))
     batched.step(samples, advantages)
     streamed = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(lr=1e-3, microbatch_tokens=64))
     for sample, advantage in zip(samples, advantages):

@@ -134,3 +134,28 @@ def test_sharing_settings_are_checked():
     assert budget.alternate and (budget.learner, budget.decoder) == (4, 4)
     assert not plan_threads(ThreadsConfig(sharing="split"), 4, overlapped=False, local_decoder=True).alternate
     assert plan_threads(ThreadsConfig(), 2, overlapped=False, local_decoder=True).alternate
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to tell the budgets apart")
+@pytest.mark.parametrize("overrides, aside", [
+    ([], True),  # SPO streaming, split: the stored-episode pass goes to the decoder's thread
+    (["threads.sharing=alternate"], False),  # the learner is on the decoder's thread already
+    (["tracker.drift_estimator=behaviour_ratio"], False),  # no pass to move
+    (["algo=grpo", "group_size=2", "grpo_mode=group"], False),  # no drift at all
+])
+def test_spo_drift_pass_runs_on_the_decoders_thread_when_the_learner_has_its_own(tmp_path, overrides, aside):
+    # 3 training tasks, 4 steps of 2: tasks come back with new episodes, which need the pass
+    config = load_config(None, ["model=tiny", "env_kwargs={num_tasks: 4, heldout_fraction: 0.25}", "steps=4",
+                                "batch_size=2", "rollout.num_slots=2", "rollout.max_tokens_per_turn=8",
+                                "rollout.max_tokens_per_episode=16", "eval.enabled=false",
+                                f"output_dir={tmp_path}", *overrides])
+    trainer = Trainer(config, show_progress=False)
+    asyncio.run(trainer.run())
+    assert (trainer.side_runner is not None) == aside
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    aside_counts = [r.get("drift/rescored_aside", 0.0) for r in records if r["kind"] == "train"]
+    rescored = [r.get("drift/rescored", 0.0) for r in records if r["kind"] == "train"]
+    if aside:
+        assert sum(aside_counts) == sum(rescored) > 0
+    else:
+        assert sum(aside_counts) == 0
