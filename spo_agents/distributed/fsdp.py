@@ -105,6 +105,12 @@ class ShardedUpdater:
         _broadcast_from_rank0(model, device)
         self.layer_classes = shard_policy(model, device.type, reshard_after_forward)
         self.model = model
+        # one forward call per micro-batch: FSDP2 frees the gathered weights after each call (a second
+        # call's backward would find them gone) and every rank must make the same calls
+        optim = optim or OptimConfig()
+        if optim.share_prefix:
+            raise ValueError("optim.share_prefix is not supported with the sharded learner; leave it unset")
+        optim = optim.model_copy(update={"share_prefix": False})
         self.updater = PolicyUpdater(model, optim, loss, device)  # its AdamW holds the sharded parameters
         self.optim_config, self.loss_config = self.updater.optim_config, self.updater.loss_config
         self.last_logprobs: list[np.ndarray] = []

@@ -48,10 +48,11 @@ class OptimConfig(pydantic.BaseModel):
     microbatch_tokens: int = pydantic.Field(1024, ge=16, description="token budget of one micro-batch (padded); "
                                             "activation memory grows with it (4096 took 1.6x the peak RSS of 1024 "
                                             "in `bench learner`, at the same speed on CPU)")
-    share_prefix: bool = pydantic.Field(True, description="compute the prompt prefix that every row of a "
-                                        "micro-batch shares (chat header, system prompt, tool schemas) once, forward "
-                                        "and backward, instead of once per row; the same gradient up to float "
-                                        "rounding (learner/shared_prefix.py)")
+    share_prefix: bool | None = pydantic.Field(None, description="compute the prompt prefix that every row of a "
+                                               "micro-batch shares (chat header, system prompt, tool schemas) once, "
+                                               "forward and backward, instead of once per row; the same gradient up "
+                                               "to float rounding (learner/shared_prefix.py). null (default): on, "
+                                               "except with the sharded learner (learner_parallel: fsdp)")
     temperature: float = pydantic.Field(1.0, gt=0, description="T of log_softmax(logits / T); equal to the "
                                         "sampling temperature so ratios compare like with like")
     schedule: Literal["constant", "linear", "cosine"] = pydantic.Field(
@@ -183,6 +184,7 @@ class PolicyUpdater:
         self._accumulated_metrics: list[dict[str, float]] = []
         self.last_logprobs: list[np.ndarray] = []  # detached training-forward log-probs of the last accumulate()
         self.reference_model = _frozen_reference(model) if self.loss_config.kl_coef > 0 else None
+        self.share_prefix = self.optim_config.share_prefix is not False  # null: on
 
     @property
     def scoring_may_overlap(self) -> bool:
@@ -214,7 +216,7 @@ class PolicyUpdater:
             batch = self._build(samples, indices)
             logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
                                           self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T),
-                                          self.optim_config.share_prefix)
+                                          self.share_prefix)
             for row, index in enumerate(indices):
                 out[index] = logprobs_B_T[row, : len(samples[index])].double().cpu().numpy()
         return out
@@ -252,7 +254,7 @@ class PolicyUpdater:
         lc = self.loss_config
         first = first_scored_position(batch.loss_mask_B_T)
         logits_B_K_V = _shifted_logits(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                       self.optim_config.temperature, first, self.optim_config.share_prefix)
+                                       self.optim_config.temperature, first, self.share_prefix)
         logprobs_B_T = _picked_logprobs(logits_B_K_V, batch.token_ids_B_T)
         entropy_B_T = _entropy(logits_B_K_V, batch.token_ids_B_T.shape[1]) if lc.entropy_coef > 0 else None
         del logits_B_K_V
@@ -275,7 +277,7 @@ class PolicyUpdater:
             context = self.model.disable_adapter()
         with context:
             return token_logprobs(reference, batch.token_ids_B_T, batch.attention_mask_B_T,
-                                  self.optim_config.temperature, first, self.optim_config.share_prefix)
+                                  self.optim_config.temperature, first, self.share_prefix)
 
     def apply(self) -> dict[str, float]:
         """Rescale accumulated gradients to a token-mean, clip, step; bump the version."""

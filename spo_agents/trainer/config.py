@@ -257,6 +257,9 @@ class TrainConfig(pydantic.BaseModel):
                              f"written into `model` ({self.model!r}); remove warm_start.output_dir")
         if self.generation_workers != 1 and self.generation is not Generation.RAY:
             raise ValueError("generation_workers counts Ray generation replicas; it needs generation: ray")
+        if self.learner_parallel is LearnerParallel.FSDP and self.optim.share_prefix:
+            raise ValueError("optim.share_prefix is off with learner_parallel: fsdp (FSDP2 frees the gathered "
+                             "weights after each forward call, and ranks must make the same calls); remove it")
         return self
 
     @pydantic.field_validator("device")

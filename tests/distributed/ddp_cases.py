@@ -11,9 +11,11 @@ OPTIM = OptimConfig(lr=1e-2, microbatch_tokens=64, grad_clip=0.5)
 STEPS = 2
 
 
-def make_updater() -> tuple[PolicyUpdater, object]:
+def make_updater(share_prefix: bool = True) -> tuple[PolicyUpdater, object]:
+    """The single-process learner; `share_prefix=False` makes the one forward call per micro-batch
+    that the sharded learner makes (its arithmetic, for comparing weights)."""
     tiny = load_model("tiny", seed=0)
-    return PolicyUpdater(tiny.model, OPTIM), tiny.tokenizer
+    return PolicyUpdater(tiny.model, OPTIM.model_copy(update={"share_prefix": share_prefix})), tiny.tokenizer
 
 
 def batch(updater: PolicyUpdater, tokenizer, step: int) -> tuple[list[TrainingSample], list[float]]:

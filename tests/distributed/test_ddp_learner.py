@@ -33,8 +33,10 @@ def test_two_process_gloo_steps_match_the_single_process_steps(tmp_path):
     state = updater.model.state_dict()
     moved = max(float((state[k] - initial[k]).abs().max()) for k in state)
     worst = max(float((state[k] - parallel["state"][k]).abs().max()) for k in state)
-    # Adam turns last-bit differences of near-zero gradients (summation order) into small steps
-    assert moved > 1e-3 and worst < 1e-3 * moved, (moved, worst)
+    # Adam turns last-bit differences of near-zero gradients (summation order) into small steps;
+    # each rank's micro-batches share a different prompt prefix (optim.share_prefix), which moves
+    # the rounding: seen 0.18% of the largest move; a wrong normalisation would be of order `moved`
+    assert moved > 1e-3 and worst < 5e-3 * moved, (moved, worst)
     # PolicyUpdater reports loss/pg as a per-micro-batch token *sum* and ratio_max as a per-micro-batch
     # max, both then averaged over micro-batches: they depend on how the batch is cut into
     # micro-batches (which sharding changes), so only the other metrics must agree

@@ -26,7 +26,7 @@ def test_two_process_fsdp_steps_match_the_single_process_steps_and_resume(tmp_pa
     sharded = torch.load(out)
     assert sharded["world"] == 2 and sharded["layers"] == ["LlamaDecoderLayer"]
 
-    updater, tokenizer = make_updater()
+    updater, tokenizer = make_updater(share_prefix=False)  # the sharded learner's one call per micro-batch
     full = {n: tuple(p.shape) for n, p in updater.model.named_parameters()}
     # really sharded: each rank holds half of dim 0 of every parameter
     assert all(sharded["local_shapes"][n][0] == (shape[0] + 1) // 2 for n, shape in full.items())

@@ -137,6 +137,13 @@ def test_settings_no_code_would_read_are_rejected(override, message):
         load_config(None, [*base, override])
 
 
+def test_share_prefix_set_with_the_sharded_learner_is_refused():
+    with pytest.raises(ValueError, match="optim.share_prefix is off with learner_parallel: fsdp"):
+        load_config(None, ["learner_parallel=fsdp", "optim.share_prefix=true"])
+    # left at its default (null: on, except here) it is no error; the sharded updater turns it off
+    assert load_config(None, ["learner_parallel=fsdp"]).optim.share_prefix is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_trains_on_the_gpu(tmp_path):
     config = load_config(None, [*SMALL_RUN, "device=cuda", "steps=1", "batch_size=2", "rollout.num_slots=2",
