@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 
-__all__ = ["MIN_SHARED_PREFIX", "shared_prefix_length", "causal_lm_logits"]
+__all__ = ["MIN_SHARED_PREFIX", "common_prefix_length", "shared_prefix_length", "causal_lm_logits"]
 
 # Below this the extra call (Python and dispatch overhead of a second forward) costs more than
 # the few rows x tokens it saves on the tiny models of the tests and the CPU default.
@@ -44,6 +44,24 @@ def shared_prefix_length(token_ids_B_T: torch.Tensor, attention_mask_B_T: torch.
     same_T &= attention_mask_B_T[:, :limit].bool().all(dim=0)
     differs = (~same_T).nonzero()
     length = int(differs[0]) if len(differs) else limit
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def common_prefix_length(token_ids_list: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]]) -> int:
+    """Tokens that all non-empty sequences start with, before any of them has a loss token; 0
+    when shorter than `MIN_SHARED_PREFIX`. Every micro-batch of these sequences shares at least
+    this prefix, so the learner's token budget counts it once per micro-batch."""
+    rows = [(ids, mask) for ids, mask in zip(token_ids_list, loss_masks, strict=True) if len(ids)]
+    if len(rows) < 2:
+        return 0
+    length = 0
+    for column in zip(*(ids for ids, _ in rows)):
+        if any(token != column[0] for token in column):
+            break
+        length += 1
+    for _, mask in rows:  # end before the first position whose logits are needed
+        first_loss = next((t for t, m in enumerate(mask) if m), len(mask))
+        length = min(length, first_loss - 1)
     return length if length >= MIN_SHARED_PREFIX else 0
 
 

@@ -34,7 +34,7 @@ import torch
 
 from spo_agents.learner.config import LossConfig
 from spo_agents.learner.loss import importance_weights, policy_loss
-from spo_agents.learner.shared_prefix import causal_lm_logits, shared_prefix_length
+from spo_agents.learner.shared_prefix import causal_lm_logits, common_prefix_length, shared_prefix_length
 from spo_agents.rollout.episode import TrainingSample
 
 
@@ -45,9 +45,10 @@ class OptimConfig(pydantic.BaseModel):
     weight_decay: float = pydantic.Field(0.0, ge=0, description="AdamW weight decay")
     betas: tuple[float, float] = pydantic.Field((0.9, 0.999), description="AdamW betas")
     grad_clip: float = pydantic.Field(1.0, gt=0, description="max global gradient norm")
-    microbatch_tokens: int = pydantic.Field(1024, ge=16, description="token budget of one micro-batch (padded); "
-                                            "activation memory grows with it (4096 took 1.6x the peak RSS of 1024 "
-                                            "in `bench learner`, at the same speed on CPU)")
+    microbatch_tokens: int = pydantic.Field(1024, ge=16, description="token budget of one micro-batch (padded; "
+                                            "with share_prefix, the prefix all rows share counts once, as it is "
+                                            "computed); activation memory grows with it (4096 took 1.6x the peak RSS "
+                                            "of 1024 in `bench learner`, at the same speed on CPU)")
     share_prefix: bool | None = pydantic.Field(None, description="compute the prompt prefix that every row of a "
                                                "micro-batch shares (chat header, system prompt, tool schemas) once, "
                                                "forward and backward, instead of once per row; the same gradient up "
@@ -193,6 +194,16 @@ class PolicyUpdater:
         for a moment."""
         return self.reference_model is not self.model
 
+    def microbatch_groups(self, token_ids_list: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]]
+                          ) -> list[list[int]]:
+        """Indices of each micro-batch under `microbatch_tokens`. With share_prefix, the prefix that
+        all sequences share is left out of each row's length: the forward computes it once per
+        micro-batch, so the budget holds the rows' own tokens (more rows per call, each call
+        paying for the prefix once)."""
+        shared = common_prefix_length(token_ids_list, loss_masks) if self.share_prefix else 0
+        lengths = [len(ids) - shared if len(ids) else 0 for ids in token_ids_list]
+        return microbatches(lengths, self.optim_config.microbatch_tokens)
+
     def _build(self, samples: Sequence[TrainingSample], indices: list[int]) -> _Microbatch:
         rows = [samples[i] for i in indices]
         return _Microbatch(
@@ -212,7 +223,7 @@ class PolicyUpdater:
         masks = loss_masks if loss_masks is not None else [[1] * len(ids) for ids in token_ids_list]
         samples = [TrainingSample(list(ids), list(mask), [0.0] * len(ids)) for ids, mask in zip(token_ids_list, masks)]
         out: list[np.ndarray] = [np.zeros(0)] * len(samples)
-        for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
+        for indices in self.microbatch_groups(token_ids_list, masks):
             batch = self._build(samples, indices)
             logprobs_B_T = token_logprobs(self.model, batch.token_ids_B_T, batch.attention_mask_B_T,
                                           self.optim_config.temperature, first_scored_position(batch.loss_mask_B_T),
@@ -231,7 +242,7 @@ class PolicyUpdater:
         self.model.train()
         weights = [1.0] * len(samples) if weights is None else list(weights)
         self.last_logprobs = [np.zeros(0)] * len(samples)
-        for indices in microbatches([len(s) for s in samples], self.optim_config.microbatch_tokens):
+        for indices in self.microbatch_groups([s.token_ids for s in samples], [s.loss_mask for s in samples]):
             batch = self._build(samples, indices)
             advantages_B = torch.tensor([advantages[i] for i in indices], dtype=torch.float32, device=self.device)
             weight_B_T = torch.tensor([weights[i] for i in indices], device=self.device)[:, None]

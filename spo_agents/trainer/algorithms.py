@@ -35,7 +35,7 @@ from spo_agents.learner import (
 )
 from spo_agents.learner.config import DriftEstimator, Normalization
 from spo_agents.learner.drift import behaviour_ratio_drift
-from spo_agents.learner.update import PolicyUpdater, microbatches
+from spo_agents.learner.update import PolicyUpdater
 from spo_agents.rollout.episode import Episode, TrainingSample
 from spo_agents.trainer.config import SPOUpdate, StalenessPolicy, TrainConfig
 
@@ -63,7 +63,7 @@ class ScoredAhead:
                  side_runner: SideRunner):
         self.token_ids = token_ids
         # one job per micro-batch, so the decoder steps between them rather than stalling for the whole pass
-        groups = microbatches([len(ids) for ids in token_ids], updater.optim_config.microbatch_tokens)
+        groups = updater.microbatch_groups(token_ids, loss_masks)
         self.jobs = [(group, side_runner(updater.logprobs, [token_ids[i] for i in group],
                                          [loss_masks[i] for i in group])) for group in groups]
 

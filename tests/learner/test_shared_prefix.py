@@ -13,7 +13,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from spo_agents.backends.models import build_tiny_tokenizer, load_model
-from spo_agents.learner.shared_prefix import MIN_SHARED_PREFIX, shared_prefix_length
+from spo_agents.learner.shared_prefix import MIN_SHARED_PREFIX, common_prefix_length, shared_prefix_length
 from spo_agents.learner.update import OptimConfig, PolicyUpdater
 from spo_agents.rollout.episode import TrainingSample
 
@@ -114,3 +114,23 @@ def test_shared_prefix_on_a_tied_embedding_model_and_lora_adapters():
     out = step_both_ways(adapted, samples, advantages)
     assert_same(out)
     assert any(rows == 1 for rows, _ in out[True][3])
+
+
+def test_the_token_budget_counts_the_shared_prefix_once(tiny):
+    samples = episodes(tiny.tokenizer)
+    ids, masks = [s.token_ids for s in samples], [s.loss_mask for s in samples]
+    header = len(tiny.tokenizer.encode(HEADER))
+    shared = common_prefix_length(ids, masks)
+    assert header <= shared < min(m.index(1) for m in masks)
+    assert common_prefix_length(ids[:1], masks[:1]) == 0  # nothing to share alone
+    assert common_prefix_length([ids[0], ids[0][:3] + [0] * 20], [masks[0], [0] * 22 + [1]]) == 0  # too short
+    budget = max(len(s) for s in samples) * 2  # two full rows, or all four rows' own parts
+    assert all(len(s) - shared <= budget // len(samples) for s in samples)
+    groups = {}
+    for share in (False, True):
+        updater = PolicyUpdater(copy.deepcopy(tiny.model), OptimConfig(microbatch_tokens=budget, share_prefix=share))
+        groups[share] = updater.microbatch_groups(ids, masks)
+        seen = calls(updater.model)
+        updater.accumulate(samples, [1.0, -0.5, 0.3, -1.2])
+        assert len([c for c in seen if c[0] > 1]) == len(groups[share])  # one call per micro-batch of rows
+    assert len(groups[False]) == 2 and len(groups[True]) == 1
