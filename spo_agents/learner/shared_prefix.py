@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-__all__ = ["MIN_SHARED_PREFIX", "common_prefix_length", "shared_prefix_length", "causal_lm_logits"]
+__all__ = ["MIN_SHARED_PREFIX", "cache_argument", "causal_lm_logits", "common_prefix_length", "shared_prefix_length"]
 
 # Below this the extra call (Python and dispatch overhead of a second forward) costs more than
 # the few rows x tokens it saves on the tiny models of the tests and the CPU default.
@@ -66,9 +66,15 @@ def common_prefix_length(token_ids_list: Sequence[Sequence[int]], loss_masks: Se
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_argument(model_class: type) -> str:
-    """The forward's cache argument: transformers 5 renamed `past_key_values` to `cache`."""
+def _cache_argument_of(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward's cache argument (transformers 5 renamed `past_key_values` to `cache`), read
+    off the wrapped model's class for a peft wrapper, whose forward takes **kwargs."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_argument_of(type(base))
 
 
 def _plain_layers(cache: Any) -> bool:
@@ -83,8 +89,7 @@ def causal_lm_logits(model: torch.nn.Module, token_ids_B_T: torch.Tensor, attent
     by every row, `prefix <= T - keep`) computed once; `prefix = 0` is the plain forward."""
     rows, width = token_ids_B_T.shape
     if prefix and prefix <= width - keep:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
-        argument = {_cache_argument(type(base)): DynamicCache()}
+        argument = {cache_argument(model): DynamicCache()}
         model(input_ids=token_ids_B_T[:1, :prefix], use_cache=True, logits_to_keep=1, **argument)
         cache = next(iter(argument.values()))
         if _plain_layers(cache):

@@ -29,7 +29,6 @@ unchanged, so a training config starts from it with `model: <folder>`.
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import json
 import random
@@ -46,6 +45,7 @@ from transformers import DynamicCache
 
 from spo_agents.backends.models import LoadedModel, build_tiny_model, build_tiny_tokenizer, load_model
 from spo_agents.chat import ChatFormatter
+from spo_agents.learner.shared_prefix import cache_argument
 from spo_agents.learner.update import microbatches
 from spo_agents.trainer.config import DirectAnswers, SFTConfig
 
@@ -287,8 +287,7 @@ def _suffix_logprobs(model: torch.nn.Module, rows: list[Demonstration], prefix: 
     attention = torch.tensor([[1] * (len(d.token_ids)) + [0] * (width + prefix - len(d.token_ids)) for d in rows],
                              device=device)
     positions = torch.arange(prefix, prefix + width, device=device).expand(len(rows), -1)
-    # transformers 5.x renamed the forward argument `past_key_values` to `cache`
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_arg = cache_argument(model)
     cache = DynamicCache()
     if prefix:
         with torch.no_grad():
